@@ -1,0 +1,34 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install up test test-fast lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install.sh
+	VENV=$(VENV) bash scripts/install.sh
+	touch $(STAMP)
+
+up: install  ## serve the tiny profile in the foreground (no GPU, network or token needed)
+	$(VENV)/bin/dsv4serve up tiny
+
+test: install  ## the whole suite, real vLLM smoke tests included
+	$(PY) -m pytest -q
+
+test-fast: install  ## everything but the tests that start a real vLLM
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check dsv4serve tests bench
+	$(VENV)/bin/ruff format --check dsv4serve tests bench
+
+format: install
+	$(VENV)/bin/ruff format dsv4serve tests bench
+	$(VENV)/bin/ruff check --fix dsv4serve tests bench
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache

@@ -1,0 +1,5 @@
+"""CLI commands (being written)."""
+
+
+def register(app) -> None:
+    pass

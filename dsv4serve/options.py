@@ -1,0 +1,38 @@
+"""Option definitions shared by several commands (one definition of --gpus, --hardware, ...)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+ProfileArg = Annotated[str, typer.Argument(help="Profile name (see `dsv4serve profiles list`) or a YAML path.")]
+ProfileDirOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--profile-dir", help="Extra directory searched first for profiles (repeatable)."),
+]
+GpusOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--gpus", help="N (the N visible GPUs with most free memory) or a list: 0,1 or GPU UUIDs."),
+]
+HardwareOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--hardware",
+        help="Plan for declared GPUs instead of reading NVML: 2xH200, 8xH100-80GB, 2x48GiB@8.9.",
+    ),
+]
+MaxModelLenOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--max-model-len", help="Context length to serve (default: the profile's, lowered to fit)."),
+]
+HostOpt = Annotated[str, typer.Option("--host", help="Address to bind. Default 127.0.0.1 (local only).")]
+PortOpt = Annotated[int, typer.Option("--port", help="Port for the OpenAI-compatible server.")]
+CudaGraphsOpt = Annotated[
+    bool,
+    typer.Option("--cuda-graphs/--enforce-eager", help="Turn CUDA graphs on (default: the profile's setting)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000

@@ -1,0 +1,70 @@
+"""Frozen data types of a resolved profile (what every later stage reads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Model:
+    """What to serve: where the weights come from and the facts the planner needs."""
+
+    # Source: exactly one of repo, path, generate.
+    repo: str | None = None  # hub repo id, e.g. deepseek-ai/DeepSeek-V4-Flash
+    revision: str | None = None  # pinned commit (or branch/tag) for repo
+    path: str | None = None  # local checkpoint directory
+    generate: str | None = None  # a checkpoint dsv4serve makes offline (e.g. "tiny")
+    allow_patterns: tuple[str, ...] = ()  # files vLLM needs; empty = all
+    # Facts (from the checkpoint; see shared/facts).
+    total_params: int = 0
+    active_params: int = 0
+    layers: int = 0
+    attention_heads: int = 0
+    weights_bytes: int = 0  # size of the checkpoint on disk == bytes loaded onto GPUs
+    kv_bytes_per_token: int = 0  # KV cache bytes per token, all layers, at serve.kv_cache_dtype
+    max_context: int = 0  # max_position_embeddings
+    min_compute_capability: str = "0.0"  # "9.0"
+
+
+@dataclass(frozen=True)
+class Serve:
+    """vLLM settings."""
+
+    served_model_name: str = ""
+    max_model_len: int = 0
+    enforce_eager: bool = True
+    gpu_memory_utilization: float = 0.9
+    kv_cache_dtype: str | None = None
+    block_size: int | None = None
+    dtype: str | None = None
+    tokenizer_mode: str | None = None
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
+    enable_auto_tool_choice: bool = False
+    trust_remote_code: bool = False
+    enable_expert_parallel: bool = False
+    startup_timeout_s: int = 0  # 0 = sized from the weights
+    extra_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # sorted (name, value) pairs
+
+
+@dataclass(frozen=True)
+class HardwareRule:
+    """A supported layout: this many GPUs of at least this much memory use this TP size."""
+
+    gpus: int
+    min_vram_gib: float
+    tensor_parallel_size: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    model: Model
+    serve: Serve
+    hardware: tuple[HardwareRule, ...] = ()
+    cpu_ok: bool = False  # may run on the vLLM CPU build (the tiny profile)
+    source: str = ""  # file the profile was read from
+    origin: str = ""  # "builtin", "user", "path", ... (where on the search path)
+    extends: tuple[str, ...] = field(default=())  # chain of parents, nearest first
