@@ -1,0 +1,214 @@
+"""Validation of a merged profile mapping, derived from the dataclasses' fields and type hints."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from dsv4serve.profile_types import HardwareRule, Profile
+from dsv4serve.profile_yaml import KINDS, STR_HINT, Loc, LocatedList, LocatedMap, fail, join, kind
+
+# Fields the planner cannot work without; the dataclasses give them 0 defaults only so that
+# `extends` children may leave them out.
+REQUIRED_FACTS = ("model.layers", "model.attention_heads", "model.weights_bytes")
+REQUIRED_FACTS += ("model.kv_bytes_per_token", "model.max_context", "serve.max_model_len")
+# Profile fields filled by the loader, never written in YAML (`extends` is read as one name there).
+LOADER_FIELDS = ("source", "origin", "extends")
+_HINTS = {
+    bool: "write true or false",
+    int: "write a whole number without quotes, e.g. 8",
+    float: "write a number, e.g. 0.9",
+    str: STR_HINT,
+}
+
+
+def build(cls: type, raw: Any, path: str, at: Loc = ("", 0), skip: Sequence[str] = ()) -> Any:
+    """Validate a mapping against a dataclass's fields and type hints, field by field."""
+    if not isinstance(raw, LocatedMap):
+        raise fail(
+            at,
+            path or "(top level)",
+            f"expected a mapping, got {kind(raw)}",
+            f"indent the {path or 'profile'} fields under `{path.rsplit('.', 1)[-1]}:`",
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    known = sorted(fields) + (["extends"] if skip else [])
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"known fields: {', '.join(known)}"
+            raise fail(raw.where[key], join(path, key), "unknown field", hint)
+    values = {}
+    for name, f in fields.items():
+        if name in raw:
+            values[name] = _convert(raw[name], hints[name], join(path, name), raw.where[name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise fail(
+                raw.at,
+                join(path, name),
+                "missing required field",
+                f"add `{name}:` to {path or 'the profile'}",
+            )
+    return cls(**values)
+
+
+def _convert(value: Any, hint: Any, path: str, at: Loc) -> Any:
+    """Check one value against a type hint and convert YAML shapes (lists, mappings) to frozen ones."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _convert(value, next(a for a in args if a is not type(None)), path, at)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, path, at)
+    if origin is tuple and args[-1] is Ellipsis:
+        return _convert_tuple(value, args[0], path, at)
+    ok = type(value) is hint or (hint is float and type(value) is int)  # bool is not an int here
+    if not ok:
+        raise fail(at, path, f"expected {KINDS.get(hint, hint)}, got {kind(value)}", _HINTS.get(hint, ""))
+    if hint in (int, float) and value < 0:
+        raise fail(at, path, f"must not be negative, got {value}", "sizes and counts are 0 or more")
+    return float(value) if hint is float else value
+
+
+def _convert_tuple(value: Any, item: Any, path: str, at: Loc) -> tuple:
+    """A YAML list -> tuple of items; a YAML mapping -> sorted tuple of (key, value) pairs (env)."""
+    if typing.get_origin(item) is tuple:  # tuple[tuple[str, str], ...]: written as a mapping
+        if not isinstance(value, LocatedMap):
+            raise fail(at, path, f"expected a mapping, got {kind(value)}", 'write NAME: "value" lines')
+        pairs = []
+        for key, val in value.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise fail(
+                    value.where[key], join(path, key), "not a valid variable name", "use A-Z, 0-9 and _"
+                )
+            if not isinstance(val, str):
+                raise fail(
+                    value.where[key],
+                    join(path, key),
+                    f"expected a string, got {kind(val)}",
+                    f'quote the value: {key}: "{val}"',
+                )
+            pairs.append((key, val))
+        return tuple(sorted(pairs))
+    if not isinstance(value, LocatedList):
+        raise fail(at, path, f"expected a list, got {kind(value)}", 'write a list, e.g. ["a", "b"]')
+    return tuple(_convert(v, item, join(path, i), value.where[i]) for i, v in enumerate(value))
+
+
+def _where(doc: LocatedMap, *keys: str | int) -> Loc:
+    """Where a field was written, or the nearest enclosing mapping when it was not."""
+    node, loc = doc, doc.at
+    for key in keys:
+        in_map = isinstance(node, LocatedMap) and key in node
+        in_list = isinstance(node, LocatedList) and isinstance(key, int) and key < len(node)
+        if not (in_map or in_list):
+            break
+        loc, node = node.where[key], node[key]
+    return loc
+
+
+def check(profile: Profile, doc: LocatedMap) -> None:
+    """Rules that need more than one field's type: sources, ranges, and cross-field limits."""
+    model, serve = profile.model, profile.serve
+
+    def need(ok: bool, keys: tuple[str | int, ...], problem: str, hint: str) -> None:
+        if not ok:
+            path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
+            raise fail(_where(doc, *keys), path, problem, hint)
+
+    sources = [k for k in ("repo", "path", "generate") if getattr(model, k)]
+    need(
+        len(sources) == 1,
+        ("model", *sources[1:2]),
+        f"needs exactly one of repo, path, generate; got {', '.join(sources) or 'none'}",
+        "e.g. repo: deepseek-ai/DeepSeek-V4-Flash, or path: /models/x",
+    )
+    need(
+        not model.revision or bool(model.repo),
+        ("model", "revision"),
+        "revision needs model.repo",
+        "remove revision, or serve from a hub repo",
+    )
+    need(
+        not model.repo or model.repo.count("/") == 1,
+        ("model", "repo"),
+        f"{model.repo!r} is not owner/name",
+        "e.g. deepseek-ai/DeepSeek-V4-Flash",
+    )
+    for dotted in REQUIRED_FACTS:
+        section, name = dotted.split(".")
+        present = isinstance(doc.get(section), LocatedMap) and name in doc[section]
+        need(
+            present, (section, name), "missing required field", f"add {name} (see shared facts / config.json)"
+        )
+        need(
+            getattr(getattr(profile, section), name) > 0,
+            (section, name),
+            "must be positive",
+            "set it above 0",
+        )
+    need(
+        re.fullmatch(r"\d+\.\d+", model.min_compute_capability) is not None,
+        ("model", "min_compute_capability"),
+        f"{model.min_compute_capability!r} is not a compute capability",
+        'write it quoted, like "9.0"',
+    )
+    need(
+        model.active_params <= model.total_params,
+        ("model", "active_params"),
+        "exceeds model.total_params",
+        "active parameters are a subset of the total",
+    )
+    need(
+        0 < serve.gpu_memory_utilization <= 1,
+        ("serve", "gpu_memory_utilization"),
+        f"must be in (0, 1], got {serve.gpu_memory_utilization}",
+        "a fraction of GPU memory, e.g. 0.9",
+    )
+    need(
+        serve.max_model_len <= model.max_context,
+        ("serve", "max_model_len"),
+        f"{serve.max_model_len} exceeds model.max_context ({model.max_context})",
+        f"lower it to at most {model.max_context}",
+    )
+    need(
+        serve.block_size is None or serve.block_size > 0,
+        ("serve", "block_size"),
+        "must be positive",
+        "DeepSeek-V4 needs 256",
+    )
+    need(
+        re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", profile.name) is not None,
+        ("name",),
+        f"{profile.name!r} is not a profile name",
+        "use letters, digits, '.', '_' and '-'",
+    )
+    for i, rule in enumerate(profile.hardware):
+        _check_rule(need, i, rule, model.attention_heads)
+
+
+def _check_rule(need: Any, i: int, rule: HardwareRule, heads: int) -> None:
+    """A hardware rule must describe a layout vLLM can start."""
+    tp = rule.tensor_parallel_size
+    need(rule.gpus > 0, ("hardware", i, "gpus"), "must be positive", "the number of GPUs this rule is for")
+    need(rule.min_vram_gib > 0, ("hardware", i, "min_vram_gib"), "must be positive", "GiB per GPU, e.g. 75")
+    need(tp > 0, ("hardware", i, "tensor_parallel_size"), "must be positive", "usually the GPU count")
+    need(
+        tp <= rule.gpus and rule.gpus % tp == 0,
+        ("hardware", i, "tensor_parallel_size"),
+        f"{tp} does not divide hardware[{i}].gpus ({rule.gpus})",
+        "use the GPU count or a divisor of it",
+    )
+    need(
+        heads % tp == 0,
+        ("hardware", i, "tensor_parallel_size"),
+        f"{tp} does not divide model.attention_heads ({heads})",
+        "vLLM splits attention heads evenly over TP",
+    )
