@@ -1,0 +1,312 @@
+"""GPU inventory: NVML (the only importer of pynvml), the GPU catalog for --hardware, GPU selection."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from dsv4serve.errors import HardwareError, UsageError
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class GpuProcess(NamedTuple):
+    pid: int
+    name: str
+    used: int  # bytes; 0 when NVML cannot tell
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU as NVML reports it (index is NVML's, i.e. nvidia-smi's, not CUDA's ordering)."""
+
+    index: int
+    name: str
+    uuid: str  # "" for declared GPUs
+    memory_total: int  # bytes
+    memory_free: int
+    memory_used: int
+    compute_capability: str  # "9.0"
+    processes: tuple[GpuProcess, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    gpus: tuple[Gpu, ...]
+    source: str  # "nvml" | "declared" | "cpu"
+    driver_version: str = ""
+    cuda_driver_version: str = ""
+    host_memory_total: int = 0  # bytes, CPU path only; 0 = unknown
+    host_cpus: int = 0  # CPUs this process may run on, CPU path only; 0 = unknown
+
+
+@dataclass(frozen=True)
+class GpuModel:
+    name: str
+    nvml_name: str
+    memory_total: int  # bytes, as NVML reports total memory
+    compute_capability: str
+
+
+# The catalog for --hardware and for "what would fit" suggestions: memory as nvidia-smi/NVML reports it
+# (slightly below the marketing figure), so declared plans match the real GPU's plan.
+GPU_CATALOG: tuple[GpuModel, ...] = (
+    GpuModel("H200", "NVIDIA H200", 143771 * MiB, "9.0"),
+    GpuModel("H100-80GB", "NVIDIA H100 80GB HBM3", 81559 * MiB, "9.0"),
+    GpuModel("B200", "NVIDIA B200", 183359 * MiB, "10.0"),
+    GpuModel("A100-80GB", "NVIDIA A100-SXM4-80GB", 81920 * MiB, "8.0"),
+    GpuModel("L40S", "NVIDIA L40S", 46068 * MiB, "8.9"),
+    GpuModel("RTX4090", "NVIDIA GeForce RTX 4090", 24564 * MiB, "8.9"),
+)
+
+_COUNT_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\S+)\s*$")
+_CUSTOM_RE = re.compile(r"^(\d+(?:\.\d+)?)(GiB|GB)@(\d+)\.(\d+)$", re.IGNORECASE)
+_HARDWARE_HINT = (
+    "plan for declared GPUs with --hardware 2xH200 (or 2x48GiB@8.9), or use the tiny profile on the CPU"
+)
+
+
+def catalog_names() -> list[str]:
+    return [model.name for model in GPU_CATALOG]
+
+
+def find_model(name: str) -> GpuModel | None:
+    key = name.strip().lower().replace(" ", "")
+    for model in GPU_CATALOG:
+        if key == model.name.lower():
+            return model
+    return None
+
+
+def parse_hardware(spec: str) -> Inventory:
+    """A declared inventory: `2xH200`, `8xH100-80GB`, `2x48GiB@8.9`, or `cpu` (no GPU); empty GPUs."""
+    if spec.strip().lower() == "cpu":
+        return Inventory(gpus=(), source="declared")
+    known = ", ".join(catalog_names())
+    match = _COUNT_RE.match(spec)
+    if not match:
+        raise UsageError(
+            f"--hardware {spec!r}: expected COUNTxGPU, e.g. 2xH200",
+            f"known GPUs: {known}; custom: 2x48GiB@8.9 (memory in GiB or GB, compute capability); or cpu",
+        )
+    count = int(match.group(1))
+    if count < 1:
+        raise UsageError(
+            f"--hardware {spec!r}: the GPU count must be at least 1", "for no GPU: --hardware cpu"
+        )
+    name = match.group(2)
+    model = find_model(name)
+    if model is None:
+        custom = _CUSTOM_RE.match(name)
+        if not custom:
+            raise UsageError(
+                f"--hardware {spec!r}: unknown GPU {name!r}",
+                f"known GPUs: {known}; or a custom one: {count}x48GiB@8.9 (memory, compute capability)",
+            )
+        size, unit, major, minor = custom.groups()
+        memory = int(float(size) * (GiB if unit.lower() == "gib" else 10**9))
+        model = GpuModel(name, name, memory, f"{int(major)}.{int(minor)}")
+    gpus = tuple(
+        Gpu(
+            index=i,
+            name=model.name,
+            uuid="",
+            memory_total=model.memory_total,
+            memory_free=model.memory_total,
+            memory_used=0,
+            compute_capability=model.compute_capability,
+        )
+        for i in range(count)
+    )
+    return Inventory(gpus=gpus, source="declared")
+
+
+def cpu_inventory() -> Inventory:
+    """No GPU: the host's memory and usable CPUs, for the CPU path (vLLM's CPU build)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 0
+    return Inventory(gpus=(), source="cpu", host_memory_total=memory, host_cpus=cpus)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_inventory() -> Inventory:
+    """The GPUs this process may use, from NVML, honouring CUDA_VISIBLE_DEVICES."""
+    try:
+        import pynvml
+    except ImportError as err:
+        raise HardwareError(f"cannot read GPUs: pynvml is not installed ({err})", _HARDWARE_HINT) from err
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as err:
+        raise HardwareError(
+            f"cannot read GPUs: no NVIDIA driver or NVML here ({err})", _HARDWARE_HINT
+        ) from err
+    try:
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        gpus = tuple(_read_gpu(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount()))
+    except pynvml.NVMLError as err:
+        raise HardwareError(f"NVML failed while reading the GPUs: {err}", "check `nvidia-smi`") from err
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+    visible = visible_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return Inventory(
+        gpus=visible,
+        source="nvml",
+        driver_version=driver,
+        cuda_driver_version=f"{cuda // 1000}.{cuda % 1000 // 10}",
+    )
+
+
+def _read_gpu(pynvml, index: int) -> Gpu:
+    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+    return Gpu(
+        index=index,
+        name=_text(pynvml.nvmlDeviceGetName(handle)),
+        uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+        memory_total=int(memory.total),
+        memory_free=int(memory.free),
+        memory_used=int(memory.used),
+        compute_capability=f"{major}.{minor}",
+        processes=_read_processes(pynvml, handle),
+    )
+
+
+def _read_processes(pynvml, handle) -> tuple[GpuProcess, ...]:
+    found: dict[int, GpuProcess] = {}
+    for query in (pynvml.nvmlDeviceGetComputeRunningProcesses, pynvml.nvmlDeviceGetGraphicsRunningProcesses):
+        try:
+            procs = query(handle)
+        except pynvml.NVMLError:
+            continue
+        for proc in procs:
+            try:
+                name = _text(pynvml.nvmlSystemGetProcessName(proc.pid))
+            except pynvml.NVMLError:
+                name = ""  # another user's process, or one that just ended
+            found[proc.pid] = GpuProcess(int(proc.pid), name, int(proc.usedGpuMemory or 0))
+    return tuple(found[pid] for pid in sorted(found))
+
+
+def visible_gpus(gpus: tuple[Gpu, ...], cuda_visible: str | None) -> tuple[Gpu, ...]:
+    """Apply CUDA_VISIBLE_DEVICES the way CUDA does: indices or (prefixes of) UUIDs, in the order given;
+    the list ends at the first entry that names no GPU; an empty value hides all GPUs."""
+    if cuda_visible is None:
+        return gpus
+    chosen: list[Gpu] = []
+    for entry in (e.strip() for e in cuda_visible.split(",")):
+        if entry.upper().startswith("MIG-"):
+            raise HardwareError(
+                f"CUDA_VISIBLE_DEVICES names a MIG instance ({entry}); dsv4serve plans whole GPUs only",
+                "set CUDA_VISIBLE_DEVICES to GPU indices or GPU-... UUIDs",
+            )
+        gpu = _match_gpu(gpus, entry)
+        if gpu is None or gpu in chosen:
+            break
+        chosen.append(gpu)
+    return tuple(chosen)
+
+
+def _match_gpu(gpus: tuple[Gpu, ...], token: str) -> Gpu | None:
+    if not token:
+        return None
+    if token.isdigit():
+        return next((g for g in gpus if g.index == int(token)), None)
+    want = token.lower().removeprefix("gpu-")
+    hits = [g for g in gpus if g.uuid and g.uuid.lower().removeprefix("gpu-").startswith(want)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _describe_models(gpus: tuple[Gpu, ...]) -> str:
+    counts = Counter(g.name for g in gpus)
+    return ", ".join(f"{n}x {name}" for name, n in counts.items())
+
+
+@dataclass(frozen=True)
+class Selection:
+    gpus: tuple[Gpu, ...]
+    notes: tuple[str, ...] = ()
+
+
+def select_gpus(inventory: Inventory, spec: str | None) -> Selection:
+    """--gpus N: the N GPUs of one model with the most free memory; --gpus 0,1 or UUIDs: those;
+    no --gpus: every visible GPU of the most common model (ties: the larger GPU)."""
+    gpus = inventory.gpus
+    if spec is None or not spec.strip():
+        if not gpus:
+            return Selection(())
+        counts = Counter(g.name for g in gpus)
+        memory = {g.name: g.memory_total for g in gpus}
+        model = max(counts, key=lambda name: (counts[name], memory[name]))
+        chosen = tuple(g for g in gpus if g.name == model)
+        notes = ()
+        if len(chosen) < len(gpus):
+            notes = (
+                f"using the {len(chosen)}x {model}; left out "
+                f"{_describe_models(tuple(g for g in gpus if g not in chosen))}"
+                " (one server uses one GPU model; choose with --gpus)",
+            )
+        return Selection(chosen, notes)
+    spec = spec.strip()
+    if spec.isdigit():
+        return _select_count(gpus, int(spec))
+    tokens = [t.strip() for t in spec.split(",") if t.strip()]
+    chosen_list: list[Gpu] = []
+    for token in tokens:
+        gpu = _match_gpu(gpus, token)
+        if gpu is None:
+            shown = ", ".join(f"{g.index} ({g.uuid or g.name})" for g in gpus) or "none"
+            raise UsageError(f"--gpus {spec}: no visible GPU {token!r}", f"visible GPUs: {shown}")
+        if gpu in chosen_list:
+            raise UsageError(f"--gpus {spec}: GPU {token} is named twice")
+        chosen_list.append(gpu)
+    chosen = tuple(chosen_list)
+    if len({g.name for g in chosen}) > 1:
+        raise HardwareError(
+            f"--gpus {spec} mixes GPU models ({_describe_models(chosen)}); one server needs one model",
+            "choose GPUs of one model (see `dsv4serve gpus`)",
+        )
+    return Selection(chosen)
+
+
+def _select_count(gpus: tuple[Gpu, ...], count: int) -> Selection:
+    if count < 1:
+        raise UsageError(
+            "--gpus 0: a server needs at least one GPU", "for GPU index 0 write --gpus 0, (a list)"
+        )
+    if count > len(gpus):
+        raise HardwareError(
+            f"--gpus {count}: only {len(gpus)} GPU(s) visible ({_describe_models(gpus) or 'none'})",
+            "use fewer GPUs, or plan for others with --hardware",
+        )
+    best: tuple[Gpu, ...] = ()
+    for model in dict.fromkeys(g.name for g in gpus):
+        group = sorted((g for g in gpus if g.name == model), key=lambda g: (-g.memory_free, g.index))
+        if len(group) >= count:
+            top = tuple(group[:count])
+            if not best or sum(g.memory_free for g in top) > sum(g.memory_free for g in best):
+                best = top
+    if not best:
+        raise HardwareError(
+            f"--gpus {count}: no {count} GPUs of one model ({_describe_models(gpus)}); "
+            "one server needs one model",
+            "use fewer GPUs, or name them: --gpus 0,1",
+        )
+    return Selection(tuple(sorted(best, key=lambda g: g.index)))
