@@ -128,7 +128,7 @@ def check(profile: Profile, doc: LocatedMap) -> None:
         len(sources) == 1,
         ("model", *sources[1:2]),
         f"needs exactly one of repo, path, generate; got {', '.join(sources) or 'none'}",
-        "e.g. repo: deepseek-ai/DeepSeek-V4-Flash, or path: /models/x",
+        "keep one: repo: owner/name (hub), path: /local/dir, or generate: tiny",
     )
     need(
         not model.revision or bool(model.repo),

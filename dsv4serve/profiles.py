@@ -17,6 +17,7 @@ from dsv4serve.profile_yaml import Loc, LocatedMap, fail, kind, read_document
 
 SYSTEM_PROFILE_DIR = Path("/etc/dsv4serve/profiles")
 SUFFIXES = (".yaml", ".yml")
+SOURCE_KEYS = ("repo", "path", "generate")
 
 
 def builtin_dir() -> Path:
@@ -141,7 +142,25 @@ def _resolve(
         chain = " -> ".join(p.stem for p in stack + (path, parent))
         raise fail(loc, "extends", f"cycle: {chain}", "remove one `extends` from the cycle")
     base, chain = _resolve(parent, dirs, stack + (path.resolve(),))
-    return _merge(base, doc), [parent.stem, *chain]
+    return _merge(_without_source(base, doc), doc), [parent.stem, *chain]
+
+
+def _without_source(base: LocatedMap, child: LocatedMap) -> LocatedMap:
+    """A child that names its own weights inherits neither the parent's source nor its revision."""
+    model, base_model = child.get("model"), base.get("model")
+    if not isinstance(model, LocatedMap) or not isinstance(base_model, LocatedMap):
+        return base
+    if not any(key in model for key in SOURCE_KEYS):
+        return base
+    trimmed = LocatedMap(base_model.at)
+    for key, value in base_model.items():
+        if key not in (*SOURCE_KEYS, "revision"):
+            trimmed[key], trimmed.where[key] = value, base_model.where[key]
+    out = LocatedMap(base.at)
+    out.update(base)
+    out.where.update(base.where)
+    out["model"] = trimmed
+    return out
 
 
 def load_profile(name_or_path: str, profile_dirs: Sequence[str] = ()) -> Profile:

@@ -1,5 +1,121 @@
-"""CLI commands (being written)."""
+"""`dsv4serve profiles list|show|validate`: thin commands over dsv4serve.profiles."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dsv4serve.errors import EXIT_USAGE
+from dsv4serve.options import JsonOpt, ProfileArg, ProfileDirOpt
+
+FilesArg = Annotated[list[str], typer.Argument(help="Profile YAML files (or names) to check.")]
 
 
-def register(app) -> None:
-    pass
+def register(app: typer.Typer) -> None:
+    """Add the `profiles` command group to the app."""
+    group = typer.Typer(
+        name="profiles",
+        help="List, show and validate profiles.",
+        no_args_is_help=True,
+        rich_markup_mode=None,
+    )
+    group.command("list")(list_command)
+    group.command("show")(show_command)
+    group.command("validate")(validate_command)
+    app.add_typer(group, name="profiles")
+
+
+def list_command(json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> None:
+    """List profiles on the search path, where each came from, and which files shadow others."""
+    from dataclasses import asdict
+
+    from dsv4serve.profiles import list_profiles, search_path
+    from dsv4serve.render import console, print_json
+
+    entries = list_profiles(profile_dir or ())
+    if json:
+        dirs = [{"dir": str(d), "origin": o} for d, o in search_path(profile_dir or ())]
+        print_json({"profiles": [asdict(e) for e in entries], "search_path": dirs})
+        return
+    from rich.table import Table
+
+    table = Table("name", "origin", "path", "description", box=None, pad_edge=False)
+    for e in entries:
+        if e.shadowed_by:
+            table.add_row(
+                f"{e.name} (shadowed)", e.origin, e.path, f"shadowed by {e.shadowed_by}", style="dim"
+            )
+        elif e.error:
+            table.add_row(e.name, e.origin, e.path, f"invalid: {e.error}", style="red")
+        else:
+            table.add_row(e.name, e.origin, e.path, e.description)
+    console().print(table)
+
+
+def show_command(name: ProfileArg, json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> None:
+    """Show a profile after `extends` is merged and every field is validated."""
+    from dsv4serve.profiles import load_profile, profile_to_dict
+    from dsv4serve.render import console, print_json
+
+    profile = load_profile(name, profile_dir or ())
+    data = profile_to_dict(profile)
+    if json:
+        print_json(data)
+        return
+    import yaml
+
+    out = console()
+    chain = " -> ".join((profile.name, *profile.extends))
+    out.print(f"{profile.name}: {profile.description}")
+    out.print(f"from {profile.source} ({profile.origin}); extends chain: {chain}")
+    out.print(_facts_line(profile))
+    body = {k: data[k] for k in ("cpu_ok", "model", "serve", "hardware")}
+    out.print(yaml.safe_dump(body, sort_keys=False, default_flow_style=None).rstrip(), markup=False)
+
+
+def _facts_line(profile) -> str:
+    """The checkpoint facts a reader checks first: size, depth, context."""
+    m = profile.model
+    return (
+        f"{_count(m.total_params)} total / {_count(m.active_params)} active parameters, {m.layers} layers, "
+        f"{m.attention_heads} attention heads, {m.max_context:,} max context, "
+        f"weights {m.weights_bytes / 2**30:.2f} GiB, enforce_eager {str(profile.serve.enforce_eager).lower()}"
+    )
+
+
+def _count(n: int) -> str:
+    """284000000000 -> 284B, 1600000000000 -> 1.6T."""
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.4g}{unit}"
+    return str(n)
+
+
+def validate_command(files: FilesArg, json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> None:
+    """Check profile files; exit 0 when all are valid, 2 otherwise."""
+    from dsv4serve.errors import ProfileError
+    from dsv4serve.profiles import load_profile
+    from dsv4serve.render import console, print_json
+
+    results = []
+    for file in files:
+        try:
+            profile = load_profile(file, profile_dir or ())
+            results.append({"file": file, "ok": True, "name": profile.name, "error": "", "hint": ""})
+        except ProfileError as err:
+            results.append({"file": file, "ok": False, "name": "", "error": err.message, "hint": err.hint})
+    valid = all(r["ok"] for r in results)
+    if json:
+        print_json({"valid": valid, "results": results})
+    else:
+        out = console()
+        for r in results:
+            if r["ok"]:
+                out.print(f"OK    {r['file']} ({r['name']})", markup=False)
+            else:
+                out.print(f"FAIL  {r['error']}", markup=False)
+                out.print(f"      hint: {r['hint']}", markup=False)
+        out.print(f"{sum(r['ok'] for r in results)} of {len(results)} valid", markup=False)
+    if not valid:
+        raise typer.Exit(EXIT_USAGE)
