@@ -90,6 +90,7 @@ class Plan:
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     suggestions: tuple[str, ...] = ()  # layouts that would fit, e.g. "8xH200"
+    verdict: str = ""  # one line: "fits on 2x H200", or the main reason it does not
 
 
 def default_model_location(profile: Profile) -> str | None:
@@ -215,11 +216,13 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
             f"size ({profile.serve.block_size or DEFAULT_BLOCK_SIZE}) whose KV cache fits next to the weights"
         )
     suggestions = () if not problems else _what_would_fit(profile, requested, overhead)
+    where = f"{len(gpus)}x {gpus[0].name}"
+    verdict = f"fits on {where}" if not problems else problems[0]
     if suggestions and best.problems:
-        problems.append(
-            f"{profile.name} needs more memory than {len(gpus)}x {gpus[0].name} gives: it would fit on "
-            + _or_list(suggestions)
+        verdict = (
+            f"{profile.name} needs more memory than {where} gives: it would fit on {_or_list(suggestions)}"
         )
+        problems.insert(0, verdict)
     env = dict(profile.serve.env)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid or str(g.index) for g in best.gpus)
     args = _vllm_args(profile, model, overrides, best.tp, best.max_len, graphs, best.utilization)
@@ -236,6 +239,7 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
         memory=best.rows,
         args=args,
         env=tuple(env.items()),
+        verdict=verdict,
         problems=tuple(problems),
         notes=tuple(notes),
         suggestions=suggestions,
@@ -467,6 +471,7 @@ def _plan_cpu(
         memory=(row,),
         args=_vllm_args(profile, model, overrides, tp, requested, False, None),
         env=tuple(env.items()),
+        verdict="fits on the CPU" if not problems else problems[0],
         problems=tuple(problems),
         notes=(f"CPU path (vLLM CPU build): KV cache space {kv_space_gib} GiB via VLLM_CPU_KVCACHE_SPACE",),
     )

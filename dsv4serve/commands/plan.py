@@ -1,5 +1,260 @@
-"""CLI commands (being written)."""
+"""`gpus` and `plan`; plus plan_from_options / render_plan / ensure_fits, which `up` reuses."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Annotated, Optional
+
+import typer
+
+from dsv4serve.options import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    CudaGraphsOpt,
+    GpusOpt,
+    HardwareOpt,
+    HostOpt,
+    JsonOpt,
+    MaxModelLenOpt,
+    PortOpt,
+    ProfileArg,
+    ProfileDirOpt,
+)
+
+DeviceOpt = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional here
+    typer.Option(
+        "--device", help="cuda or cpu (default: cuda when GPUs are found, else cpu for CPU profiles)."
+    ),
+]
+TensorParallelOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--tensor-parallel-size", "--tp", help="Force the TP size (default: chosen by the planner)."
+    ),
+]
 
 
-def register(app) -> None:
-    pass
+def resolve_inventory(profile, hardware: str | None = None, device: str | None = None):
+    """Declared GPUs (--hardware), NVML, or the host CPU for profiles that may run there."""
+    from dsv4serve.errors import HardwareError, UsageError
+    from dsv4serve.hardware import cpu_inventory, parse_hardware, read_inventory
+
+    if device not in (None, "cuda", "cpu"):
+        raise UsageError(f"--device {device}: expected cuda or cpu")
+    if hardware:
+        return parse_hardware(hardware), ()
+    if device == "cpu":
+        return cpu_inventory(), ()
+    try:
+        inventory = read_inventory()
+    except HardwareError as err:
+        if profile.cpu_ok and device is None:
+            return cpu_inventory(), (f"no usable NVIDIA GPU ({err.message}): planning the CPU path",)
+        raise
+    if not inventory.gpus and profile.cpu_ok and device is None:
+        return cpu_inventory(), ("no GPU visible (CUDA_VISIBLE_DEVICES?): planning the CPU path",)
+    if not inventory.gpus:
+        raise HardwareError(
+            f"no GPU visible to plan {profile.name} on (NVML found none, or CUDA_VISIBLE_DEVICES hides them)",
+            "check `nvidia-smi` and CUDA_VISIBLE_DEVICES, or plan with --hardware 2xH200",
+        )
+    return inventory, ()
+
+
+def default_model_location(profile) -> str | None:
+    """Where vLLM will load from when no path is given: the hub repo, the local path, or the generated dir."""
+    from dsv4serve.plan import default_model_location as from_profile
+
+    location = from_profile(profile)
+    if location or not profile.model.generate:
+        return location
+    from dsv4serve import tiny
+
+    return str(tiny.checkpoint_dir(profile.model.generate))
+
+
+def plan_from_options(
+    profile_name: str,
+    *,
+    profile_dirs: Sequence[str] = (),
+    gpus: str | None = None,
+    hardware: str | None = None,
+    max_model_len: int | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    cuda_graphs: bool | None = None,
+    tensor_parallel_size: int | None = None,
+    extra_args: Sequence[str] = (),
+    model_location: str | None = None,
+    device: str | None = None,
+):
+    """Load the profile, take stock of the GPUs, select them, and plan: returns (profile, plan)."""
+    from dsv4serve.hardware import select_gpus
+    from dsv4serve.plan import Overrides, make_plan
+    from dsv4serve.profiles import load_profile
+
+    profile = load_profile(profile_name, profile_dirs=tuple(profile_dirs or ()))
+    inventory, notes = resolve_inventory(profile, hardware, device)
+    selection = select_gpus(inventory, gpus)
+    overrides = Overrides(
+        model_location=model_location or default_model_location(profile),
+        max_model_len=max_model_len,
+        host=host,
+        port=port,
+        cuda_graphs=cuda_graphs,
+        tensor_parallel_size=tensor_parallel_size,
+        extra_args=tuple(extra_args),
+        device=device or ("cpu" if not inventory.gpus else None),
+    )
+    plan = make_plan(
+        profile,
+        selection.gpus,
+        overrides,
+        host_memory=inventory.host_memory_total,
+        host_cpus=inventory.host_cpus,
+    )
+    if notes or selection.notes:
+        plan = dataclasses.replace(plan, notes=(*notes, *selection.notes, *plan.notes))
+    return profile, plan
+
+
+def ensure_fits(plan) -> None:
+    """Raise the exit-3 error of a plan that does not fit (after it was rendered)."""
+    from dsv4serve.errors import HardwareError
+
+    if plan.fits:
+        return
+    more = len(plan.problems) - 1
+    message = plan.verdict + (
+        f" (and {more} more problem{'s' if more > 1 else ''} above)" if more > 0 else ""
+    )
+    if plan.suggestions:
+        hint = f"plan such a layout with --hardware {plan.suggestions[0]}, or pick GPUs with --gpus"
+    else:
+        hint = "see the problems above; `dsv4serve plan --help` lists the knobs"
+    raise HardwareError(message, hint)
+
+
+def _gib(n: int) -> str:
+    from dsv4serve.hardware import GiB
+
+    return f"{n / GiB:.1f}" if n else "-"
+
+
+def render_plan(plan, as_json: bool = False) -> None:
+    """The per-GPU memory budget, the verdict, notes, problems and the pasteable command (or JSON)."""
+    from dsv4serve.plan import plan_to_dict, shell_line
+    from dsv4serve.render import console, print_json
+
+    if as_json:
+        print_json(plan_to_dict(plan))
+        return
+    from rich.table import Table
+
+    out = console()
+    where = "CPU" if plan.device == "cpu" else f"{len(plan.gpus)}x {plan.gpus[0].name}"
+    table = Table(
+        title=f"plan {plan.profile} on {where}: TP {plan.tensor_parallel_size}, "
+        f"max_model_len {plan.max_model_len}"
+    )
+    for column in ("device", "name", "weights", "KV cache", "overhead", "total", "budget", "free", "fits"):
+        table.add_column(column, justify="left" if column in ("device", "name") else "right")
+    for row in plan.memory:
+        ok = not row.budget or row.total <= row.budget
+        table.add_row(
+            row.device,
+            row.name,
+            _gib(row.weights),
+            _gib(row.kv_cache),
+            _gib(row.overhead),
+            _gib(row.total),
+            _gib(row.budget),
+            _gib(row.free),
+            "yes" if ok else "NO",
+        )
+    out.print(table)
+    if plan.device == "cuda":
+        out.print(
+            f"budget = gpu_memory_utilization {plan.gpu_memory_utilization:g} x total memory; "
+            f"CUDA graphs {'on' if plan.cuda_graphs else 'off (--enforce-eager)'}"
+        )
+    for note in plan.notes:
+        out.print(f"note: {note}")
+    for problem in plan.problems:
+        out.print(f"problem: {problem}")
+    out.print(f"verdict: {'fits' if plan.fits else 'DOES NOT FIT'}: {plan.verdict}")
+    out.print(shell_line(plan), markup=False, crop=False, overflow="ignore")
+
+
+def _inventory_dict(inventory) -> dict:
+    data = dataclasses.asdict(inventory)
+    for gpu, raw in zip(data["gpus"], inventory.gpus, strict=True):
+        gpu["processes"] = [p._asdict() for p in raw.processes]
+    return data
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("gpus")
+    def gpus_command(as_json: JsonOpt = False) -> None:
+        """List the GPUs NVML sees (honouring CUDA_VISIBLE_DEVICES): memory, compute capability, processes."""
+        from dsv4serve.hardware import read_inventory
+        from dsv4serve.render import console, print_json
+
+        inventory = read_inventory()
+        if as_json:
+            print_json(_inventory_dict(inventory))
+            return
+        from rich.table import Table
+
+        table = Table(
+            title=f"driver {inventory.driver_version}, CUDA {inventory.cuda_driver_version} (memory in GiB)"
+        )
+        for column in ("index", "name", "uuid", "total", "used", "free", "cc", "processes"):
+            table.add_column(column)
+        for g in inventory.gpus:
+            procs = ", ".join(f"{p.pid} {p.name} ({_gib(p.used)} GiB)" for p in g.processes) or "-"
+            table.add_row(
+                str(g.index),
+                g.name,
+                g.uuid,
+                _gib(g.memory_total),
+                _gib(g.memory_used),
+                _gib(g.memory_free),
+                g.compute_capability,
+                procs,
+            )
+        console().print(table)
+
+    @app.command("plan", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def plan_command(
+        ctx: typer.Context,
+        profile: ProfileArg,
+        gpus: GpusOpt = None,
+        hardware: HardwareOpt = None,
+        max_model_len: MaxModelLenOpt = None,
+        host: HostOpt = DEFAULT_HOST,
+        port: PortOpt = DEFAULT_PORT,
+        cuda_graphs: CudaGraphsOpt = None,
+        tensor_parallel_size: TensorParallelOpt = None,
+        device: DeviceOpt = None,
+        profile_dir: ProfileDirOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Plan PROFILE: TP size, context, memory per GPU, the vLLM command (args after -- go to vLLM)."""
+        _, plan = plan_from_options(
+            profile,
+            profile_dirs=profile_dir or (),
+            gpus=gpus,
+            hardware=hardware,
+            max_model_len=max_model_len,
+            host=host,
+            port=port,
+            cuda_graphs=cuda_graphs,
+            tensor_parallel_size=tensor_parallel_size,
+            extra_args=ctx.args,
+            device=device,
+        )
+        render_plan(plan, as_json)
+        ensure_fits(plan)
