@@ -1,5 +1,68 @@
-"""CLI commands (being written)."""
+"""`dsv4serve download`: make a profile's weights local (checked, resumable) without starting vLLM."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dsv4serve.options import JsonOpt, ProfileArg, ProfileDirOpt
+
+RevisionOpt = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional here
+    typer.Option(
+        "--revision", help="Branch, tag or commit to download (default: the profile's model.revision)."
+    ),
+]
+DirOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--dir", help="Download into this directory instead of the Hugging Face cache."),
+]
 
 
-def register(app) -> None:
-    pass
+def download(
+    profile: ProfileArg,
+    revision: RevisionOpt = None,
+    directory: DirOpt = None,
+    json_out: JsonOpt = False,
+    profile_dir: ProfileDirOpt = None,
+) -> None:
+    """Download the profile's weights from the hub: disk check first, progress, resume, verify."""
+    from dsv4serve.profiles import load_profile
+    from dsv4serve.weights import download_weights
+
+    prof = load_profile(profile, profile_dir or ())
+    result = download_weights(prof, revision=revision, local_dir=directory, progress=not json_out)
+    if json_out:
+        from dsv4serve.render import print_json
+
+        print_json(
+            {
+                "profile": prof.name,
+                "path": str(result.path),
+                "source": result.source,
+                "repo": result.repo,
+                "revision": result.revision,
+                "commit": result.commit,
+                "files": result.files,
+                "total_bytes": result.total_bytes,
+                "downloaded_bytes": result.downloaded_bytes,
+                "reused_bytes": result.reused_bytes,
+            }
+        )
+        return
+    from dsv4serve.render import console
+
+    out = console()
+    if result.source == "hub":
+        gib = 1024**3
+        out.print(
+            f"{result.repo}@{result.commit}: {result.files} files, {result.total_bytes / gib:.2f} GiB "
+            f"({result.downloaded_bytes / gib:.2f} GiB downloaded now, "
+            f"{result.reused_bytes / gib:.2f} GiB already there)"
+        )
+    out.print(f"weights ready: {result.path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("download")(download)
