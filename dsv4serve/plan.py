@@ -252,7 +252,11 @@ def _divisors(heads: int, limit: int) -> list[int]:
 
 
 def _tp_candidates(profile: Profile, gpus, forced: int | None) -> tuple[list[int], list[str], list[str]]:
-    """TP sizes to try, best first; plus problems/notes about the layout itself."""
+    """TP sizes to try, best first; plus problems/notes about the layout itself.
+
+    The profile's hardware rules are its known-good layouts: when some match (enough GPUs, enough memory
+    each) their TP sizes are tried, largest GPU count first. When none matches, the largest divisor of the
+    attention heads is used and the memory model and compute capability alone decide the verdict."""
     heads, count = profile.model.attention_heads, len(gpus)
     fallback = _divisors(heads, count)[:1] or [1]
     if forced is not None:
@@ -282,11 +286,11 @@ def _tp_candidates(profile: Profile, gpus, forced: int | None) -> tuple[list[int
     )
     return (
         fallback,
-        [
-            f"no hardware layout of profile {profile.name!r} matches {count}x {gpus[0].name} "
-            f"({smallest:.1f} GiB each); it supports: {supported}"
-        ],
         [],
+        [
+            f"none of profile {profile.name!r}'s layouts matches {count}x {gpus[0].name} "
+            f"({smallest:.1f} GiB each): {supported}; the memory model alone decides (TP {fallback[0]})"
+        ],
     )
 
 
