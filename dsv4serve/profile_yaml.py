@@ -12,6 +12,7 @@ from dsv4serve.errors import ProfileError
 _MAX_NODES = 20000  # alias bombs expand exponentially; real profiles have ~100 nodes
 KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 Loc = tuple[str, int]  # (file, line); line 0 = unknown
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 STR_HINT = 'write text; quote values YAML would read otherwise, e.g. "9.0" or "on"'
 
 
@@ -61,6 +62,8 @@ class MarkedLoader(yaml.SafeLoader):
         if id(node) in stack or self.count > _MAX_NODES:
             raise fail(at, path, "recursive or exploding YAML aliases", "write the values out")
         stack += (id(node),)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+            raise fail(at, path or "(top level)", f"unsupported YAML tag {node.tag}", "remove the tag")
         if isinstance(node, yaml.MappingNode):
             self.flatten_mapping(node)  # YAML merge keys (<<: *base)
             out = LocatedMap(at)
@@ -140,4 +143,5 @@ def kind(value: Any) -> str:
         return "null"
     if isinstance(value, (dict, list)):
         return "a mapping" if isinstance(value, dict) else "a list"
-    return f"{KINDS.get(type(value), type(value).__name__)} ({value!r})"
+    shown = str(value).lower() if isinstance(value, bool) else repr(value)  # as YAML writes it
+    return f"{KINDS.get(type(value), type(value).__name__)} ({shown})"
