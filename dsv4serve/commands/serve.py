@@ -1,5 +1,300 @@
-"""CLI commands (being written)."""
+"""`up` (plan, weights, start, supervise) and `smoke` (up, one chat request, clean stop)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dsv4serve.options import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    GpusOpt,
+    HostOpt,
+    JsonOpt,
+    MaxModelLenOpt,
+    PortOpt,
+    ProfileArg,
+    ProfileDirOpt,
+)
+
+TimeoutOpt = Annotated[
+    Optional[float],  # noqa: UP045 - typer needs Optional here
+    typer.Option(
+        "--timeout", help="Seconds to wait for readiness (default: the profile's, or from its size)."
+    ),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Print the plan and the vLLM command; start nothing.")
+]
+NoDownloadOpt = Annotated[
+    bool, typer.Option("--no-download", help="Use weights already on disk; fail rather than download.")
+]
+# The vLLM entry point, run by the interpreter that runs dsv4serve (the CPU build, through the dist-info
+# shim scripts/install.sh adds, and the GPU bundle both provide it).
+VLLM_MAIN = ("-m", "vllm.entrypoints.cli.main", "serve")
+SMOKE_PROMPT = "Say hello in five words."
 
 
-def register(app) -> None:
-    pass
+def log_path(profile: str) -> Path:
+    """A fresh log file under the user cache dir: $XDG_CACHE_HOME/dsv4serve/logs/PROFILE-TIME.log."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(base) / "dsv4serve" / "logs" / f"{profile}-{stamp}-{os.getpid()}.log"
+
+
+def prepare_launch(
+    profile_name: str,
+    *,
+    profile_dirs: Sequence[str] = (),
+    gpus: str | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    max_model_len: int | None = None,
+    timeout: float | None = None,
+    extra_args: Sequence[str] = (),
+    dry_run: bool = False,
+    allow_download: bool = True,
+    progress: bool = True,
+    as_json: bool = False,
+):
+    """Plan (the planner's argv), make the weights local, and build the LaunchSpec: (plan, spec|None)."""
+    from dsv4serve.commands.plan import ensure_fits, plan_from_options, render_plan
+    from dsv4serve.launch import LaunchSpec, startup_timeout
+    from dsv4serve.weights import fetch_weights
+
+    options = dict(
+        profile_dirs=profile_dirs,
+        gpus=gpus,
+        max_model_len=max_model_len,
+        host=host,
+        port=port,
+        extra_args=tuple(extra_args),
+    )
+    profile, plan = plan_from_options(profile_name, **options)
+    if dry_run:
+        render_plan(plan, as_json)
+        ensure_fits(plan)
+        return plan, None
+    ensure_fits(plan)
+    path = fetch_weights(profile, allow_download=allow_download, progress=progress)
+    if str(path) != plan.model:  # plan again with the local directory vLLM will load
+        profile, plan = plan_from_options(profile_name, model_location=str(path), **options)
+        ensure_fits(plan)
+    env = dict(plan.env)
+    env.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local: vLLM must not reach for the hub
+    before = ()
+    if plan.device == "cuda":
+        before = tuple((g.uuid or str(g.index), g.memory_used) for g in plan.gpus)
+    spec = LaunchSpec(
+        argv=(sys.executable, *VLLM_MAIN, *plan.args),
+        host=host,
+        port=port,
+        served_model_name=_arg_value(plan.args, "--served-model-name") or profile.name,
+        startup_timeout_s=startup_timeout(
+            profile.serve.startup_timeout_s, profile.model.weights_bytes, timeout
+        ),
+        env=env,
+        log_path=log_path(profile.name),
+        gpu_memory_before=before,
+    )
+    return plan, spec
+
+
+def _arg_value(args: Sequence[str], flag: str) -> str | None:
+    for i, arg in enumerate(args[:-1]):
+        if arg == flag:
+            return args[i + 1]
+    return None
+
+
+def terminal_notify(quiet_log: bool = False):
+    """Callback for launch events: vLLM's log and our phase lines on stderr (stdout stays for results)."""
+
+    def notify(event) -> None:
+        if event.kind == "log":
+            if not quiet_log:
+                sys.stderr.write(event.text + "\n")
+        elif event.kind == "command":
+            sys.stderr.write(f"dsv4serve: $ {event.text}\n")
+        elif event.kind == "phase":
+            sys.stderr.write(f"dsv4serve: [{event.elapsed_s:7.1f} s] {event.text}\n")
+        elif event.kind in ("stopping", "stopped", "warning"):
+            prefix = "warning: " if event.kind == "warning" else ""
+            sys.stderr.write(f"dsv4serve: {prefix}{event.text}\n")
+        sys.stderr.flush()
+
+    return notify
+
+
+def _curl_line(base_url: str, model: str) -> str:
+    body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+    return f"curl {base_url}/v1/chat/completions -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+
+
+def chat_once(base_url: str, model: str, max_tokens: int = 32) -> dict:
+    """One streamed chat completion through the openai client: reply, time to first token, tokens/s."""
+    import httpx
+    import openai
+
+    http = httpx.Client(trust_env=False)  # local traffic only: ignore any HTTP(S)_PROXY
+    client = openai.OpenAI(base_url=base_url + "/v1", api_key="none", http_client=http, max_retries=0)
+    t0 = time.monotonic()
+    first = last = None
+    parts: list[str] = []
+    usage = None
+    try:
+        stream = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": SMOKE_PROMPT}],
+            max_tokens=max_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+            # A random-weight model may pick end-of-sequence first; ask for a few tokens at least.
+            extra_body={"min_tokens": 4},
+            timeout=120,
+        )
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                if choice.delta and choice.delta.content:
+                    last = time.monotonic()
+                    first = first or last
+                    parts.append(choice.delta.content)
+    except openai.OpenAIError as err:
+        from dsv4serve.errors import LaunchError
+
+        raise LaunchError(f"the chat completion failed: {err}", "read the vLLM log above") from err
+    finally:
+        http.close()
+    tokens = usage.completion_tokens if usage is not None else len(parts)
+    decode_s = (last - first) if first is not None and last is not None else 0.0
+    return {
+        "reply": "".join(parts),
+        "completion_tokens": tokens,
+        "ttft_s": round(first - t0, 3) if first is not None else None,
+        "request_s": round(time.monotonic() - t0, 3),
+        # Decode rate: tokens after the first over the time after the first.
+        "tokens_per_s": round((tokens - 1) / decode_s, 1) if tokens > 1 and decode_s > 0 else None,
+    }
+
+
+def register(app: typer.Typer) -> None:
+    extra = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+    @app.command("up", context_settings=extra)
+    def up_command(
+        ctx: typer.Context,
+        profile: ProfileArg,
+        gpus: GpusOpt = None,
+        port: PortOpt = DEFAULT_PORT,
+        host: HostOpt = DEFAULT_HOST,
+        max_model_len: MaxModelLenOpt = None,
+        timeout: TimeoutOpt = None,
+        dry_run: DryRunOpt = False,
+        no_download: NoDownloadOpt = False,
+        profile_dir: ProfileDirOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Serve PROFILE with vLLM in the foreground until Ctrl-C (args after -- go to vLLM)."""
+        from dsv4serve.launch import run_server
+        from dsv4serve.render import console, print_json
+
+        plan, spec = prepare_launch(
+            profile,
+            profile_dirs=profile_dir or (),
+            gpus=gpus,
+            host=host,
+            port=port,
+            max_model_len=max_model_len,
+            timeout=timeout,
+            extra_args=ctx.args,
+            dry_run=dry_run,
+            allow_download=not no_download,
+            progress=not as_json,
+            as_json=as_json,
+        )
+        if spec is None:
+            return
+
+        def on_ready(server) -> None:
+            url, model = server.base_url, spec.served_model_name
+            if as_json:
+                print_json(
+                    {
+                        "event": "ready",
+                        "profile": plan.profile,
+                        "endpoint": url + "/v1",
+                        "model": model,
+                        "ready_s": round(server.ready_s, 2),
+                        "pid": server.pgid,
+                        "log": str(spec.log_path),
+                    }
+                )
+                return
+            out = console()
+            out.print(f"ready in {server.ready_s:.1f} s: {url}/v1  (model: {model})", markup=False)
+            out.print(_curl_line(url, model), markup=False, crop=False, overflow="ignore")
+            out.print(f"log: {spec.log_path}   Ctrl-C stops the server", markup=False)
+
+        code = run_server(spec, terminal_notify(), on_ready)
+        if code:
+            raise typer.Exit(code)
+
+    @app.command("smoke")
+    def smoke_command(
+        profile: ProfileArg,
+        gpus: GpusOpt = None,
+        port: PortOpt = DEFAULT_PORT,
+        timeout: TimeoutOpt = None,
+        profile_dir: ProfileDirOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Start PROFILE, send one chat completion through the openai client, stop: CI's check."""
+        from dsv4serve import procs
+        from dsv4serve.errors import LaunchError
+        from dsv4serve.launch import running_server
+        from dsv4serve.render import console, print_json
+
+        _, spec = prepare_launch(
+            profile,
+            profile_dirs=profile_dir or (),
+            gpus=gpus,
+            port=port,
+            timeout=timeout,
+            progress=not as_json,
+        )
+        try:
+            with running_server(spec, terminal_notify()) as server:
+                result = {
+                    "profile": profile,
+                    "model": spec.served_model_name,
+                    "ready_s": round(server.ready_s, 2),
+                }
+                result.update(chat_once(server.base_url, spec.served_model_name))
+        except procs.Stopped as stop:
+            raise typer.Exit(128 + stop.signum) from None
+        left = procs.group_members(server.pgid)
+        busy = procs.port_in_use(spec.host, spec.port)
+        if left or busy:
+            raise LaunchError(f"vLLM did not stop cleanly: processes left {left}, {busy or 'port free'}")
+        if not result["reply"].strip():
+            raise LaunchError("the chat completion returned an empty reply", f"read the log: {spec.log_path}")
+        result["stopped_cleanly"] = True
+        if as_json:
+            print_json(result)
+            return
+        out = console()
+        out.print(f"smoke {profile}: ok", markup=False)
+        out.print(f"  time to ready      {result['ready_s']:.1f} s", markup=False)
+        out.print(f"  time to 1st token  {result['ttft_s']:.3f} s", markup=False)
+        tps = result["tokens_per_s"]
+        out.print(f"  tokens/s (decode)  {tps if tps is not None else '-'}", markup=False)
+        out.print(f"  reply ({result['completion_tokens']} tokens): {result['reply']!r}", markup=False)

@@ -1,0 +1,394 @@
+"""Start vLLM, wait until it truly answers, supervise it, and leave nothing behind.
+
+The only place that starts processes. vLLM runs in its own session/process group with its own TMPDIR;
+its output is drained by a thread (an unread pipe kills vLLM while it loads) into a log file, a tail
+buffer and the caller's callback. A watchdog outside the group stops the group if dsv4serve dies.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsv4serve import procs
+from dsv4serve.errors import LaunchError
+
+TAIL_LINES = 40
+GPU_SLACK_BYTES = 512 * 2**20  # other tenants come and go; more than this is ours
+
+# Startup phases, recognised in vLLM's log; each is reported once, in order of first appearance.
+PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("loading weights", re.compile(r"Starting to load model|Loading weights|Loading safetensors")),
+    ("KV cache allocation", re.compile(r"KV cache|# (?:CPU|GPU|cpu|gpu) blocks|num_gpu_blocks")),
+    # Not "cudagraph": vLLM's engine config line names cudagraph_mode long before any capture.
+    (
+        "graph capture",
+        re.compile(r"Capturing CUDA graphs?|Capturing cudagraphs|Compiling a graph|torch\.compile takes"),
+    ),
+    ("API server", re.compile(r"Starting vLLM (?:API )?server|Application startup complete")),
+)
+
+# Log lines that explain an early exit -> a hint (first match wins), like huggingface_hub's _errors.
+HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"unrecognized arguments|invalid choice|error: argument"),
+        "vLLM rejected an argument: check the extra arguments after `--` and the profile's serve.extra_args",
+    ),
+    (re.compile(r"Address already in use|Errno 98"), "the port is taken: pick another with --port"),
+    (
+        re.compile(r"out of memory|OutOfMemory|Not enough memory|larger than the available KV cache", re.I),
+        "not enough memory: lower --max-model-len or use more GPUs (see `dsv4serve plan`)",
+    ),
+    (
+        re.compile(r"safetensor|HeaderTooLarge|Error while deserializing|config\.json|not a valid", re.I),
+        "the checkpoint looks incomplete or corrupt: run `dsv4serve download` again",
+    ),
+)
+DEFAULT_HINT = "read the log above; run `dsv4serve plan` to check the settings"
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to start one server; built by the command from a Plan."""
+
+    argv: tuple[str, ...]
+    host: str
+    port: int
+    served_model_name: str
+    startup_timeout_s: float
+    env: Mapping[str, str] = field(default_factory=dict)  # added to os.environ
+    log_path: Path | None = None
+    grace_s: float = 15.0  # SIGTERM -> SIGKILL
+    probe_interval_s: float = 0.2
+    # (GPU uuid or index, bytes used) read before start; after stop NVML must show it released.
+    gpu_memory_before: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Event:
+    """What the launcher reports: kind is command, log, phase, ready, stopping, stopped or warning."""
+
+    kind: str
+    text: str
+    elapsed_s: float = 0.0
+
+
+Notify = Callable[[Event], None]
+
+
+class Server:
+    """One vLLM server process group: start(), wait_ready(), wait(), stop()."""
+
+    def __init__(self, spec: LaunchSpec, notify: Notify | None = None):
+        self.spec = spec
+        self._notify = notify or (lambda event: None)
+        self.proc: subprocess.Popen | None = None
+        self.pgid: int | None = None
+        self.tmpdir: str | None = None
+        self.phase = "starting"
+        self.ready_s: float | None = None
+        self._t0 = 0.0
+        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._log = None
+        self._drain: threading.Thread | None = None
+        self._watchdog: subprocess.Popen | None = None
+        self._phases_seen: set[str] = set()
+        self._stopped = False
+
+    @property
+    def base_url(self) -> str:
+        host = procs.connect_host(self.spec.host)
+        return f"http://[{host}]:{self.spec.port}" if ":" in host else f"http://{host}:{self.spec.port}"
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0 if self._t0 else 0.0
+
+    def log_tail(self, n: int = TAIL_LINES) -> list[str]:
+        return list(self._tail)[-n:]
+
+    def start(self) -> None:
+        """Check the port, then start vLLM in its own process group with its own TMPDIR."""
+        busy = procs.port_in_use(self.spec.host, self.spec.port)
+        if busy:
+            raise LaunchError(
+                f"{busy}; vLLM was not started",
+                f"stop what listens there, or pick another port: --port {self.spec.port + 1}",
+            )
+        self.tmpdir = tempfile.mkdtemp(prefix="dsv4serve-vllm-")
+        env = {**os.environ, **self.spec.env, "TMPDIR": self.tmpdir, "PYTHONUNBUFFERED": "1"}
+        if self.spec.log_path:
+            self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.spec.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        self._emit("command", " ".join(self.spec.argv))
+        self._t0 = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(
+                list(self.spec.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.tmpdir,
+                start_new_session=True,
+                preexec_fn=procs.pdeathsig_preexec(),  # noqa: PLW1509 - only prctl, no locks taken
+            )
+        except OSError as err:
+            self._cleanup_files()
+            raise LaunchError(
+                f"cannot start {self.spec.argv[0]}: {err.strerror or err}",
+                "check the Python environment that runs vLLM",
+            ) from err
+        self.pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
+        self._drain = threading.Thread(target=self._drain_output, name="vllm-log", daemon=True)
+        self._drain.start()
+        self._watchdog = subprocess.Popen(
+            procs.watchdog_argv(self.pgid, os.getpid(), min(self.spec.grace_s, 5.0), self.tmpdir),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def wait_ready(self) -> float:
+        """Block until /health is 200 and a one-token completion succeeds; return seconds since start."""
+        assert self.proc is not None
+        deadline = self._t0 + self.spec.startup_timeout_s
+        healthy = False
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                self._drain_join(5.0)
+                raise self._early_exit_error(code)
+            if time.monotonic() >= deadline:
+                raise LaunchError(
+                    f"vLLM did not become ready within {self.spec.startup_timeout_s:.0f} s "
+                    f"(last phase: {self.phase}); its last log lines:\n{self._tail_text()}",
+                    "raise the deadline with --timeout SECONDS (or serve.startup_timeout_s in the profile)"
+                    + self._log_hint(),
+                )
+            healthy = healthy or self._get("/health") == 200
+            if healthy and self._one_token(max(1.0, deadline - time.monotonic())):
+                self.ready_s = self.elapsed()
+                self._set_phase("ready")
+                self._emit("ready", self.base_url)
+                return self.ready_s
+            time.sleep(self.spec.probe_interval_s)
+
+    def wait(self) -> int:
+        """Block until vLLM exits by itself; return its exit code."""
+        assert self.proc is not None
+        while True:
+            try:
+                return self.proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+
+    def stop(self) -> int | None:
+        """SIGTERM the group, wait the grace period, SIGKILL what is left; clean up. Idempotent."""
+        if self._stopped:
+            return self.proc.returncode if self.proc is not None else None
+        with procs.signals_deferred():  # a second Ctrl-C must not abandon a half-stopped server
+            code = self._stop()
+        self._stopped = True
+        return code
+
+    def _stop(self) -> int | None:
+        if self.proc is None:
+            self._cleanup_files()
+            return None
+        if self.proc.poll() is None or procs.group_members(self.pgid):
+            self._emit("stopping", f"stopping vLLM (process group {self.pgid})")
+            procs.signal_group(self.pgid, signal.SIGTERM)
+            end = time.monotonic() + self.spec.grace_s
+            while time.monotonic() < end and (self.proc.poll() is None or procs.group_members(self.pgid)):
+                time.sleep(0.05)
+            if procs.group_members(self.pgid):
+                self._emit("warning", f"vLLM did not stop within {self.spec.grace_s:.0f} s: SIGKILL")
+                procs.signal_group(self.pgid, signal.SIGKILL)
+                procs.wait_group_gone(self.pgid, 5.0)
+        code = self.proc.wait()
+        left = procs.group_members(self.pgid)
+        if left:
+            self._emit("warning", f"processes of group {self.pgid} still alive after SIGKILL: {left}")
+        self._drain_join(5.0)
+        if self._watchdog is not None and self._watchdog.poll() is None:
+            self._watchdog.kill()
+            self._watchdog.wait()
+        self._cleanup_files()
+        self._check_gpu_memory()
+        self._emit("stopped", f"vLLM exited with code {code}")
+        return code
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _emit(self, kind: str, text: str) -> None:
+        # A broken terminal must not stop the draining or the supervision.
+        with contextlib.suppress(Exception):
+            self._notify(Event(kind, text, self.elapsed()))
+
+    def _set_phase(self, name: str) -> None:
+        if name not in self._phases_seen:
+            self._phases_seen.add(name)
+            self.phase = name
+            self._emit("phase", name)
+
+    def _drain_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            line = line.rsplit("\r", 1)[-1]  # a progress bar's last state
+            self._tail.append(line)
+            if self._log is not None:
+                try:
+                    self._log.write(line + "\n")
+                    self._log.flush()
+                except (OSError, ValueError):
+                    pass
+            if self.ready_s is None:
+                for name, pattern in PHASES:
+                    if name not in self._phases_seen and pattern.search(line):
+                        self._set_phase(name)
+            self._emit("log", line)
+        self.proc.stdout.close()
+
+    def _drain_join(self, timeout_s: float) -> None:
+        if self._drain is not None:
+            self._drain.join(timeout_s)
+
+    def _get(self, path: str) -> int | None:
+        try:
+            with _OPENER.open(self.base_url + path, timeout=2.0) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+        except (OSError, ValueError):
+            return None
+
+    def _one_token(self, timeout_s: float) -> bool:
+        body = json.dumps({"model": self.spec.served_model_name, "prompt": "ready?", "max_tokens": 1})
+        req = urllib.request.Request(
+            self.base_url + "/v1/completions",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with _OPENER.open(req, timeout=min(timeout_s, 60.0)) as resp:
+                return bool(json.loads(resp.read()).get("choices"))
+        except urllib.error.HTTPError as err:
+            if 400 <= err.code < 500:  # a request vLLM will never accept: waiting longer cannot help
+                detail = err.read().decode("utf-8", errors="replace")[:500]
+                raise LaunchError(
+                    f"vLLM answered the readiness completion with HTTP {err.code}: {detail}",
+                    f"check serve.served_model_name ({self.spec.served_model_name!r})",
+                ) from err
+            return False
+        except (OSError, ValueError):
+            return False
+
+    def _early_exit_error(self, code: int) -> LaunchError:
+        tail = self._tail_text()
+        hint = next((h for pattern, h in HINTS if pattern.search(tail)), DEFAULT_HINT)
+        return LaunchError(
+            f"vLLM exited with code {code} during startup (after {self.elapsed():.1f} s, "
+            f"phase: {self.phase}); its last {TAIL_LINES} log lines:\n{tail}",
+            hint + self._log_hint(),
+        )
+
+    def _tail_text(self) -> str:
+        return "\n".join("  | " + line for line in self.log_tail()) or "  | (no output)"
+
+    def _log_hint(self) -> str:
+        return f"; full log: {self.spec.log_path}" if self.spec.log_path else ""
+
+    def _cleanup_files(self) -> None:
+        if self.tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _check_gpu_memory(self) -> None:
+        if not self.spec.gpu_memory_before:
+            return
+        try:
+            held = procs.unreleased_gpu_memory(dict(self.spec.gpu_memory_before), GPU_SLACK_BYTES)
+        except Exception as err:  # noqa: BLE001 - a failed check is a warning, not a failure
+            self._emit("warning", f"could not check GPU memory after stop: {err}")
+            return
+        if held:
+            self._emit(
+                "warning",
+                "GPU memory not released after vLLM stopped: "
+                + "; ".join(held)
+                + " (`dsv4serve gpus` shows the processes holding it)",
+            )
+
+
+def startup_timeout(serve_timeout_s: int, weights_bytes: int, override: float | None = None) -> float:
+    """Readiness deadline: --timeout, else the profile's, else sized from the weights (~400 MB/s)."""
+    if override:
+        return float(override)
+    if serve_timeout_s > 0:
+        return float(serve_timeout_s)
+    return 300.0 + weights_bytes / 400e6
+
+
+def run_server(
+    spec: LaunchSpec, notify: Notify | None = None, on_ready: Callable[[Server], None] | None = None
+) -> int:
+    """Start, wait until ready, supervise until vLLM exits or a signal asks to stop; return the exit code.
+
+    Before ready: failures raise LaunchError; a signal returns 128+signal. After ready: a signal stops
+    the server and returns 0; vLLM exiting by itself returns its own code.
+    """
+    server = Server(spec, notify)
+    with procs.stop_on_signals():
+        try:
+            server.start()
+            server.wait_ready()
+            if on_ready is not None:
+                on_ready(server)
+            code = server.wait()
+            server.stop()
+            return code if code >= 0 else 128 - code
+        except (KeyboardInterrupt, procs.Stopped) as stop:
+            server.stop()
+            signum = stop.signum if isinstance(stop, procs.Stopped) else signal.SIGINT
+            return 0 if server.ready_s is not None else 128 + signum
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def running_server(spec: LaunchSpec, notify: Notify | None = None) -> Iterator[Server]:
+    """A ready server for the duration of the block (smoke, bench); stopped and cleaned up after."""
+    server = Server(spec, notify)
+    with procs.stop_on_signals():
+        try:
+            server.start()
+            server.wait_ready()
+            yield server
+        finally:
+            server.stop()
+
+
+# Readiness traffic goes to the local server directly, never through an HTTP(S)_PROXY.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
