@@ -80,7 +80,7 @@ class LaunchSpec:
 
 @dataclass(frozen=True)
 class Event:
-    """What the launcher reports: kind is command, log, phase, ready, stopping, stopped or warning."""
+    """What the launcher reports: kind is command, started, log, phase, ready, stopping, stopped, warning."""
 
     kind: str
     text: str
@@ -153,6 +153,9 @@ class Server:
                 "check the Python environment that runs vLLM",
             ) from err
         self.pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
+        self._emit(
+            "started", f"vLLM started: pid {self.pgid} (process group {self.pgid}), TMPDIR {self.tmpdir}"
+        )
         self._drain = threading.Thread(target=self._drain_output, name="vllm-log", daemon=True)
         self._drain.start()
         self._watchdog = subprocess.Popen(

@@ -125,7 +125,7 @@ def terminal_notify(quiet_log: bool = False):
             sys.stderr.write(f"dsv4serve: $ {event.text}\n")
         elif event.kind == "phase":
             sys.stderr.write(f"dsv4serve: [{event.elapsed_s:7.1f} s] {event.text}\n")
-        elif event.kind in ("stopping", "stopped", "warning"):
+        elif event.kind in ("started", "stopping", "stopped", "warning"):
             prefix = "warning: " if event.kind == "warning" else ""
             sys.stderr.write(f"dsv4serve: {prefix}{event.text}\n")
         sys.stderr.flush()
@@ -287,7 +287,7 @@ def register(app: typer.Typer) -> None:
             raise LaunchError(f"vLLM did not stop cleanly: processes left {left}, {busy or 'port free'}")
         if not result["reply"].strip():
             raise LaunchError("the chat completion returned an empty reply", f"read the log: {spec.log_path}")
-        result["stopped_cleanly"] = True
+        result.update(stopped_cleanly=True, pid=server.pgid, log=str(spec.log_path))
         if as_json:
             print_json(result)
             return
