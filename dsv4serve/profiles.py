@@ -64,8 +64,16 @@ def _candidates(name: str, dirs: list[tuple[Path, str]]) -> list[tuple[Path, str
     return found
 
 
+def _profile_files(directory: Path) -> list[Path]:
+    """The profile files in one directory; an unreadable or missing directory holds none."""
+    try:
+        return sorted(f for f in directory.iterdir() if f.suffix in SUFFIXES and f.is_file())
+    except OSError:
+        return []
+
+
 def _known_names(dirs: list[tuple[Path, str]]) -> list[str]:
-    return sorted({f.stem for d, _ in dirs if d.is_dir() for f in d.iterdir() if f.suffix in SUFFIXES})
+    return sorted({f.stem for d, _ in dirs for f in _profile_files(d)})
 
 
 def locate_profile(name_or_path: str, profile_dirs: Sequence[str] = ()) -> tuple[Path, str]:
@@ -202,9 +210,8 @@ def list_profiles(profile_dirs: Sequence[str] = ()) -> list[ProfileEntry]:
     """Every profile file on the search path, by name, the winner first, each with what it shadows."""
     found: dict[str, list[tuple[Path, str]]] = {}
     for directory, origin in search_path(profile_dirs):
-        files = sorted(directory.iterdir()) if directory.is_dir() else []
         # name.yaml beats name.yml in one directory, as in lookups
-        for stem in dict.fromkeys(f.stem for f in files if f.suffix in SUFFIXES and f.is_file()):
+        for stem in dict.fromkeys(f.stem for f in _profile_files(directory)):
             found.setdefault(stem, []).append(_candidates(stem, [(directory, origin)])[0])
     return [
         _entry(name, rank, found[name], profile_dirs)

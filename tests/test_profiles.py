@@ -353,6 +353,15 @@ def test_first_directory_on_the_path_wins(tmp_path, monkeypatch, user_dir, syste
     assert load_profile("flash").origin == "builtin"
 
 
+def test_repo_profiles_dir_as_cwd_stays_builtin(monkeypatch):
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(repo)  # ./profiles is then the built-in directory: listed once, as builtin
+    assert [o for _, o in search_path()].count("builtin") == 1 and "cwd" not in [o for _, o in search_path()]
+    assert [(e.name, e.origin) for e in profiles.list_profiles() if e.name == "flash"] == [
+        ("flash", "builtin")
+    ]
+
+
 def test_env_path_lists_several_directories(tmp_path, monkeypatch):
     write(tmp_path / "b" / "mine.yaml", "extends: tiny\ndescription: from b\n")
     write(tmp_path / "c" / "mine.yaml", "extends: tiny\ndescription: from c\n")

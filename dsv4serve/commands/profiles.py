@@ -9,7 +9,9 @@ import typer
 from dsv4serve.errors import EXIT_USAGE
 from dsv4serve.options import JsonOpt, ProfileArg, ProfileDirOpt
 
-FilesArg = Annotated[list[str], typer.Argument(help="Profile YAML files (or names) to check.")]
+FilesArg = Annotated[
+    list[str], typer.Argument(metavar="FILE", help="Profile YAML files (or names) to check.")
+]
 
 
 def register(app: typer.Typer) -> None:
