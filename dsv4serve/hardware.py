@@ -33,6 +33,14 @@ class Gpu:
     memory_used: int
     compute_capability: str  # "9.0"
     processes: tuple[GpuProcess, ...] = ()
+    # Memory the driver reserves (NVML v2 `reserved`): CUDA's total, the one vLLM's utilization multiplies,
+    # is memory_total - memory_reserved (on an H200: 143771 MiB in NVML, 615 MiB reserved).
+    memory_reserved: int = 0
+
+    @property
+    def memory_usable(self) -> int:
+        """Total memory as CUDA (cudaMemGetInfo, torch, vLLM) counts it."""
+        return self.memory_total - self.memory_reserved
 
 
 @dataclass(frozen=True)
@@ -51,12 +59,15 @@ class GpuModel:
     nvml_name: str
     memory_total: int  # bytes, as NVML reports total memory
     compute_capability: str
+    memory_reserved: int = 0  # NVML v2 `reserved`; 0 where not measured
 
 
 # The catalog for --hardware and for "what would fit" suggestions: memory as nvidia-smi/NVML reports it
 # (slightly below the marketing figure), so declared plans match the real GPU's plan.
 GPU_CATALOG: tuple[GpuModel, ...] = (
-    GpuModel("H200", "NVIDIA H200", 143771 * MiB, "9.0"),
+    # H200 measured on driver 580.159.04 (2026-11-28): NVML total 143771 MiB, reserved 615 MiB, and
+    # torch.cuda.mem_get_info total == NVML total - reserved. The others' reserved share is not measured.
+    GpuModel("H200", "NVIDIA H200", 143771 * MiB, "9.0", 615 * MiB),
     GpuModel("H100-80GB", "NVIDIA H100 80GB HBM3", 81559 * MiB, "9.0"),
     GpuModel("B200", "NVIDIA B200", 183359 * MiB, "10.0"),
     GpuModel("A100-80GB", "NVIDIA A100-SXM4-80GB", 81920 * MiB, "8.0"),
@@ -84,7 +95,7 @@ def find_model(name: str) -> GpuModel | None:
 
 
 def parse_hardware(spec: str) -> Inventory:
-    """A declared inventory: `2xH200`, `8xH100-80GB`, `2x48GiB@8.9`, or `cpu` (no GPU); empty GPUs."""
+    """A declared inventory: `2xH200`, `8xH100-80GB`, `2x48GiB@8.9`, or `cpu` (no GPU); idle GPUs."""
     if spec.strip().lower() == "cpu":
         return Inventory(gpus=(), source="declared")
     known = ", ".join(catalog_names())
@@ -117,9 +128,10 @@ def parse_hardware(spec: str) -> Inventory:
             name=model.name,
             uuid="",
             memory_total=model.memory_total,
-            memory_free=model.memory_total,
-            memory_used=0,
+            memory_free=model.memory_total - model.memory_reserved,
+            memory_used=model.memory_reserved,
             compute_capability=model.compute_capability,
+            memory_reserved=model.memory_reserved,
         )
         for i in range(count)
     )
@@ -176,6 +188,10 @@ def read_inventory() -> Inventory:
 def _read_gpu(pynvml, index: int) -> Gpu:
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
     memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    try:
+        reserved = int(pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2).reserved)
+    except (pynvml.NVMLError, AttributeError):  # older drivers: no v2, CUDA's total is NVML's
+        reserved = 0
     major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
     return Gpu(
         index=index,
@@ -186,6 +202,7 @@ def _read_gpu(pynvml, index: int) -> Gpu:
         memory_used=int(memory.used),
         compute_capability=f"{major}.{minor}",
         processes=_read_processes(pynvml, handle),
+        memory_reserved=reserved,
     )
 
 

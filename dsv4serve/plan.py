@@ -69,7 +69,9 @@ class MemoryRow:
     kv_cache: int
     overhead: int
     total: int
-    budget: int  # what vLLM may use: utilization x total memory (host RAM on the CPU path; 0 = unknown)
+    budget: (
+        int  # what vLLM may use: utilization x CUDA's total memory (host RAM on the CPU path; 0 = unknown)
+    )
     free: int
 
 
@@ -297,12 +299,12 @@ def _tp_candidates(profile: Profile, gpus, forced: int | None) -> tuple[list[int
 def _utilization(profile: Profile, gpus: tuple[Gpu, ...]) -> tuple[float, list[str], list[str]]:
     """vLLM refuses to start when free memory < utilization x total: lower it to what is free, and say so."""
     wanted = profile.serve.gpu_memory_utilization
-    short = [g for g in gpus if g.memory_free < math.ceil(wanted * g.memory_total)]
+    short = [g for g in gpus if g.memory_free < math.ceil(wanted * g.memory_usable)]
     if not short:
         return wanted, [], []
-    lowered = math.floor(min(g.memory_free / g.memory_total for g in gpus) * 100) / 100
+    lowered = math.floor(min(g.memory_free / g.memory_usable for g in gpus) * 100) / 100
     held = "; ".join(
-        f"GPU {g.index} has {_gib(g.memory_total - g.memory_free)} in use"
+        f"GPU {g.index} has {_gib(g.memory_usable - g.memory_free)} in use"
         + (" by " + ", ".join(f"pid {p.pid} {p.name}".strip() for p in g.processes) if g.processes else "")
         for g in short
     )
@@ -319,7 +321,7 @@ def _fit_memory(profile: Profile, gpus: tuple[Gpu, ...], tp: int, requested: int
     util, notes, problems = _utilization(profile, gpus)
     block = profile.serve.block_size or DEFAULT_BLOCK_SIZE
     weights = math.ceil(profile.model.weights_bytes / tp)
-    budgets = {g.index: math.ceil(util * g.memory_total) for g in gpus}
+    budgets = {g.index: math.ceil(util * g.memory_usable) for g in gpus}
     room = min(budgets.values()) - weights - overhead
     per_token = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, 1, tp)
     fit_len = requested if per_token <= 0 else max(room, 0) // per_token // block * block
@@ -331,7 +333,7 @@ def _fit_memory(profile: Profile, gpus: tuple[Gpu, ...], tp: int, requested: int
         elif room <= 0:
             problems.append(
                 f"the weights alone need {_gib(weights)} per GPU at TP {tp}, plus {_gib(overhead)} overhead, "
-                f"over the {_gib(min(budgets.values()))} budget ({util:g} x {_gib(gpus[0].memory_total)})"
+                f"over the {_gib(min(budgets.values()))} budget ({util:g} x {_gib(gpus[0].memory_usable)})"
             )
         else:
             need = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, minimum, tp)
@@ -385,7 +387,7 @@ def _what_would_fit(profile: Profile, requested: int, overhead: int) -> tuple[st
                 + kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, tokens, tp)
                 + overhead
             )
-            if need <= math.ceil(util * gpu.memory_total):
+            if need <= math.ceil(util * (gpu.memory_total - gpu.memory_reserved)):
                 found.append((tp, gpu.memory_total, f"{tp}x{gpu.name}"))
                 break
     return tuple(label for _, _, label in sorted(found))

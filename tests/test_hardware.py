@@ -39,7 +39,7 @@ def test_declared_inventories(spec, count, name, memory, cc):
     assert [g.index for g in inv.gpus] == list(range(count))
     for g in inv.gpus:
         assert (g.name, g.memory_total, g.compute_capability) == (name, memory, cc)
-        assert g.memory_free == g.memory_total and g.memory_used == 0 and g.uuid == ""
+        assert g.memory_free == g.memory_usable == g.memory_total - g.memory_reserved and g.uuid == ""
 
 
 def test_catalog_is_one_table_with_unique_names():

@@ -177,14 +177,14 @@ def render_plan(plan, as_json: bool = False) -> None:
     out.print(table)
     if plan.device == "cuda":
         out.print(
-            f"budget = gpu_memory_utilization {plan.gpu_memory_utilization:g} x total memory; "
+            f"budget = gpu_memory_utilization {plan.gpu_memory_utilization:g} x CUDA's total memory; "
             f"CUDA graphs {'on' if plan.cuda_graphs else 'off (--enforce-eager)'}"
         )
     for note in plan.notes:
         out.print(f"note: {note}")
     for problem in plan.problems:
         out.print(f"problem: {problem}")
-    out.print(f"verdict: {'fits' if plan.fits else 'DOES NOT FIT'}: {plan.verdict}")
+    out.print(f"verdict: {plan.verdict}" if plan.fits else f"verdict: DOES NOT FIT: {plan.verdict}")
     out.print(shell_line(plan), markup=False, crop=False, overflow="ignore")
 
 
