@@ -180,10 +180,9 @@ def check_disk(target: Target, wanted: Iterable[RemoteFile]) -> Budget:
 ProgressFn = Callable[[int], None]
 
 
-def download_all(
-    target: Target, wanted: Iterable[RemoteFile], on_bytes: ProgressFn, on_start: ProgressFn
-) -> int:
+def download_all(target: Target, wanted: Iterable[RemoteFile], on_bytes: ProgressFn) -> int:
     """Fetch every wanted file not already complete; returns the bytes received."""
+    wanted = list(wanted)
     todo = [f for f in wanted if not target.have(f)]
     for f in wanted:
         if target.have(f):
@@ -198,7 +197,7 @@ def download_all(
         return 0
     pool = ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(todo)))
     try:
-        futures = [pool.submit(_download_one, target, f, count, on_start) for f in todo]
+        futures = [pool.submit(_download_one, target, f, count) for f in todo]
         wait(futures, return_when="FIRST_EXCEPTION")
         for fut in futures:
             if fut.done() and fut.exception() is not None:
@@ -210,7 +209,7 @@ def download_all(
     return received[0]
 
 
-def _download_one(target: Target, f: RemoteFile, on_bytes: ProgressFn, on_start: ProgressFn) -> None:
+def _download_one(target: Target, f: RemoteFile, on_bytes: ProgressFn) -> None:
     from filelock import FileLock
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
@@ -238,7 +237,6 @@ def _download_one(target: Target, f: RemoteFile, on_bytes: ProgressFn, on_start:
             if resume > size:  # not ours to continue: start over
                 out.truncate(0)
                 resume = 0
-            on_start(resume)
             http_get(
                 location,
                 out,
@@ -278,3 +276,73 @@ def _bar_class(on_bytes: ProgressFn):
 
 def is_disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def hub_error(
+    err: BaseException, repo: str, rev: str, hub: Hub, where: Path | None = None
+) -> DownloadError | None:
+    """One table from huggingface_hub / network / OS errors to a message and a hint; None if unknown."""
+    import httpx2
+    from huggingface_hub import errors as e
+
+    token_hint = "set HF_TOKEN to a token that has access" if not hub.token else "check HF_TOKEN"
+    table: list[tuple[tuple[type[BaseException], ...], str, str]] = [
+        (
+            (e.GatedRepoError,),
+            f"{repo} is gated: your account has not been granted access",
+            f"accept the licence on {hub.endpoint}/{repo}, then {token_hint}",
+        ),
+        (
+            (e.RepositoryNotFoundError,),
+            f"repository {repo} not found on {hub.endpoint} (or it is private)",
+            f"check model.repo in the profile; for a private repo {token_hint}",
+        ),
+        (
+            (e.RevisionNotFoundError,),
+            f"revision {rev} not found in {repo}",
+            "check model.revision or --revision (a branch, tag or 40-character commit)",
+        ),
+        (
+            (e.RemoteEntryNotFoundError, e.EntryNotFoundError),
+            f"a file listed for {repo}@{rev} is not on the hub",
+            "the revision changed while downloading: pin model.revision to a commit and run again",
+        ),
+        (
+            (e.OfflineModeIsEnabled, e.LocalEntryNotFoundError),
+            f"{repo} is not complete in the cache and the hub cannot be used (offline)",
+            "unset HF_HUB_OFFLINE and run `dsv4serve download` with network access",
+        ),
+        (
+            (httpx2.ConnectError, httpx2.TimeoutException, httpx2.NetworkError, ConnectionError),
+            f"cannot reach the hub at {hub.endpoint} ({type(err).__name__})",
+            "check the network or HF_ENDPOINT; partial files are kept and the next run resumes",
+        ),
+        (
+            (httpx2.TransportError,),
+            f"the download from {hub.endpoint} was interrupted ({type(err).__name__})",
+            "run the same command again: it resumes where it stopped",
+        ),
+    ]
+    for types, message, hint in table:
+        if isinstance(err, types):
+            return DownloadError(message, hint)
+    if isinstance(err, e.HfHubHTTPError):
+        status = err.response.status_code if err.response is not None else "?"
+        if status in (401, 403):
+            return DownloadError(
+                f"the hub refused access to {repo} (HTTP {status})",
+                f"accept the licence on {hub.endpoint}/{repo} if it is gated, then {token_hint}",
+            )
+        return DownloadError(
+            f"the hub answered HTTP {status} for {repo}@{rev}",
+            "try again later; partial files are kept and the next run resumes",
+        )
+    if is_disk_full(err):
+        return DownloadError(
+            f"disk full while downloading {repo} into {where or hub.cache_dir}: {err.strerror}",
+            "free space (or use --dir on a bigger disk) and run again: partial files are kept and resumed",
+        )
+    return None

@@ -99,7 +99,7 @@ def download_weights(
     except DownloadError:
         raise
     except BaseException as err:  # the one table from hub/OS errors to messages
-        mapped = hub_error(err, model.repo, rev, hub)
+        mapped = hd.hub_error(err, model.repo, rev, hub)
         if mapped is None:
             raise
         raise mapped from err
@@ -115,10 +115,10 @@ def _from_hub(
         sink.start(budget.total, budget.cached + budget.partial)
     received = 0
     try:
-        received = hd.download_all(target, listing.wanted, sink.advance if sink else _ignore, _ignore)
+        received = hd.download_all(target, listing.wanted, sink.advance if sink else _ignore)
     except OSError as err:
         if hd.is_disk_full(err):
-            raise hub_error(err, repo, rev, hub, where=target.root) from err
+            raise hd.hub_error(err, repo, rev, hub, where=target.root) from err
         raise
     finally:
         if sink is not None and budget.needed:
@@ -289,76 +289,6 @@ def hub_settings() -> hd.Hub:
 
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or get_token()
     return hd.Hub(endpoint=endpoint, token=token or None, cache_dir=Path(cache).expanduser().resolve())
-
-
-# -- errors ------------------------------------------------------------------------------------
-
-
-def hub_error(
-    err: BaseException, repo: str, rev: str, hub: hd.Hub, where: Path | None = None
-) -> DownloadError | None:
-    """One table from huggingface_hub / network / OS errors to a message and a hint; None if unknown."""
-    import httpx2
-    from huggingface_hub import errors as e
-
-    token_hint = "set HF_TOKEN to a token that has access" if not hub.token else "check HF_TOKEN"
-    table: list[tuple[tuple[type[BaseException], ...], str, str]] = [
-        (
-            (e.GatedRepoError,),
-            f"{repo} is gated: your account has not been granted access",
-            f"accept the licence on {hub.endpoint}/{repo}, then {token_hint}",
-        ),
-        (
-            (e.RepositoryNotFoundError,),
-            f"repository {repo} not found on {hub.endpoint} (or it is private)",
-            f"check model.repo in the profile; for a private repo {token_hint}",
-        ),
-        (
-            (e.RevisionNotFoundError,),
-            f"revision {rev} not found in {repo}",
-            "check model.revision or --revision (a branch, tag or 40-character commit)",
-        ),
-        (
-            (e.RemoteEntryNotFoundError, e.EntryNotFoundError),
-            f"a file listed for {repo}@{rev} is not on the hub",
-            "the revision changed while downloading: pin model.revision to a commit and run again",
-        ),
-        (
-            (e.OfflineModeIsEnabled, e.LocalEntryNotFoundError),
-            f"{repo} is not complete in the cache and the hub cannot be used (offline)",
-            "unset HF_HUB_OFFLINE and run `dsv4serve download` with network access",
-        ),
-        (
-            (httpx2.ConnectError, httpx2.TimeoutException, httpx2.NetworkError, ConnectionError),
-            f"cannot reach the hub at {hub.endpoint} ({type(err).__name__})",
-            "check the network or HF_ENDPOINT; partial files are kept and the next run resumes",
-        ),
-        (
-            (httpx2.TransportError,),
-            f"the download from {hub.endpoint} was interrupted ({type(err).__name__})",
-            "run the same command again: it resumes where it stopped",
-        ),
-    ]
-    for types, message, hint in table:
-        if isinstance(err, types):
-            return DownloadError(message, hint)
-    if isinstance(err, e.HfHubHTTPError):
-        status = err.response.status_code if err.response is not None else "?"
-        if status in (401, 403):
-            return DownloadError(
-                f"the hub refused access to {repo} (HTTP {status})",
-                f"accept the licence on {hub.endpoint}/{repo} if it is gated, then {token_hint}",
-            )
-        return DownloadError(
-            f"the hub answered HTTP {status} for {repo}@{rev}",
-            "try again later; partial files are kept and the next run resumes",
-        )
-    if hd.is_disk_full(err):
-        return DownloadError(
-            f"disk full while downloading {repo} into {where or hub.cache_dir}: {err.strerror}",
-            "free space (or use --dir on a bigger disk) and run again: partial files are kept and resumed",
-        )
-    return None
 
 
 def _rich_progress() -> Progress | None:

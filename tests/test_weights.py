@@ -72,7 +72,7 @@ def profile_yaml(tmp_path):
     path = tmp_path / "hubtiny.yaml"
     path.write_text(
         "extends: tiny\nname: hubtiny\nmodel:\n"
-        f"  generate: null\n  repo: {REPO_ID}\n  allow_patterns: ['*.safetensors', '*.json']\n"
+        f"  repo: {REPO_ID}\n  allow_patterns: ['*.safetensors', '*.json']\n"
     )
     return str(path)
 
