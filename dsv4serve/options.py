@@ -6,7 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-ProfileArg = Annotated[str, typer.Argument(help="Profile name (see `dsv4serve profiles list`) or a YAML path.")]
+ProfileArg = Annotated[
+    str, typer.Argument(help="Profile name (see `dsv4serve profiles list`) or a YAML path.")
+]
 ProfileDirOpt = Annotated[
     Optional[list[str]],  # noqa: UP045 - typer needs Optional here
     typer.Option("--profile-dir", help="Extra directory searched first for profiles (repeatable)."),
@@ -29,8 +31,8 @@ MaxModelLenOpt = Annotated[
 HostOpt = Annotated[str, typer.Option("--host", help="Address to bind. Default 127.0.0.1 (local only).")]
 PortOpt = Annotated[int, typer.Option("--port", help="Port for the OpenAI-compatible server.")]
 CudaGraphsOpt = Annotated[
-    bool,
-    typer.Option("--cuda-graphs/--enforce-eager", help="Turn CUDA graphs on (default: the profile's setting)."),
+    Optional[bool],  # noqa: UP045 - None means "the profile's setting"
+    typer.Option("--cuda-graphs/--enforce-eager", help="Turn CUDA graphs on or off (default: the profile's)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
