@@ -32,7 +32,7 @@ HostOpt = Annotated[str, typer.Option("--host", help="Address to bind. Default 1
 PortOpt = Annotated[int, typer.Option("--port", help="Port for the OpenAI-compatible server.")]
 CudaGraphsOpt = Annotated[
     Optional[bool],  # noqa: UP045 - None means "the profile's setting"
-    typer.Option("--cuda-graphs/--enforce-eager", help="Turn CUDA graphs on or off (default: the profile's)."),
+    typer.Option("--cuda-graphs/--enforce-eager", help="CUDA graphs on or off (default: the profile's)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
