@@ -326,3 +326,28 @@ def test_published_directory_is_served(hub, tmp_path):
     hub.publish_dir("local/ckpt", src)
     path = fetch_weights(profile("local/ckpt", patterns=()), progress=False)
     assert sorted(p.name for p in path.iterdir()) == sorted(p.name for p in src.iterdir())
+
+
+class Counter:
+    """A Progress sink that records what the bar would show."""
+
+    def __init__(self) -> None:
+        self.total = self.done = self.advanced = 0
+        self.finished = False
+
+    def start(self, total: int, done: int) -> None:
+        self.total, self.done = total, done
+
+    def advance(self, n: int) -> None:
+        self.advanced += n
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+def test_progress_reports_bytes(repo, hub):
+    files, _ = repo
+    sink = Counter()
+    result = download_weights(profile(), progress=sink)
+    assert sink.total == result.total_bytes == sum(len(d) for n, d in files.items() if n != "README.md")
+    assert sink.done == 0 and sink.advanced == result.downloaded_bytes == sink.total and sink.finished
