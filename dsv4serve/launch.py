@@ -28,6 +28,7 @@ from dsv4serve import procs
 from dsv4serve.errors import LaunchError
 
 TAIL_LINES = 40
+STARTUP_GRACE_S = 3.0  # SIGTERM -> SIGKILL while vLLM is still starting
 GPU_SLACK_BYTES = 512 * 2**20  # other tenants come and go; more than this is ours
 
 # Startup phases, recognised in vLLM's log; each is reported once, in order of first appearance.
@@ -214,11 +215,14 @@ class Server:
         if self.proc.poll() is None or procs.group_members(self.pgid):
             self._emit("stopping", f"stopping vLLM (process group {self.pgid})")
             procs.signal_group(self.pgid, signal.SIGTERM)
-            end = time.monotonic() + self.spec.grace_s
+            # vLLM defers SIGTERM until its engine is up (seen: still loading 15 s later), and before
+            # ready there are no requests to finish: a short grace, then SIGKILL.
+            grace = self.spec.grace_s if self.ready_s is not None else min(self.spec.grace_s, STARTUP_GRACE_S)
+            end = time.monotonic() + grace
             while time.monotonic() < end and (self.proc.poll() is None or procs.group_members(self.pgid)):
                 time.sleep(0.05)
             if procs.group_members(self.pgid):
-                self._emit("warning", f"vLLM did not stop within {self.spec.grace_s:.0f} s: SIGKILL")
+                self._emit("warning", f"vLLM did not stop within {grace:.0f} s of SIGTERM: SIGKILL")
                 procs.signal_group(self.pgid, signal.SIGKILL)
                 procs.wait_group_gone(self.pgid, 5.0)
         code = self.proc.wait()
@@ -233,12 +237,6 @@ class Server:
         self._check_gpu_memory()
         self._emit("stopped", f"vLLM exited with code {code}")
         return code
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # -- internals ---------------------------------------------------------------------------------
 

@@ -47,7 +47,10 @@ def spec(code: str, *, timeout: float = 30.0, grace: float = 5.0, log: Path | No
 
 def assert_all_gone(pgid: int, tmpdir: str | None = None, port: int | None = None) -> None:
     assert procs.wait_group_gone(pgid, 10.0), f"left in group {pgid}: {procs.group_members(pgid)}"
-    if tmpdir:
+    if tmpdir:  # removed by dsv4serve, or by the watchdog right after the group is gone
+        end = time.monotonic() + 3.0
+        while os.path.exists(tmpdir) and time.monotonic() < end:
+            time.sleep(0.05)
         assert not os.path.exists(tmpdir), f"TMPDIR {tmpdir} not removed"
     if port:
         assert procs.port_in_use("127.0.0.1", port) is None
