@@ -144,9 +144,9 @@ def phase_inventory(out: Path, results: dict) -> None:
     results["plans"] = plans
 
 
-def start_up(out: Path, tp: int, port: int, extra: list[str] = ()) -> tuple[subprocess.Popen, Path]:
-    logf = out / f"up-tp{tp}-{port}.log"
-    proc = subprocess.Popen([*CLI, "up", "tiny", "--gpus", str(tp), "--port", str(port), *extra],
+def start_up(out: Path, gpus: str, port: int, extra: list[str] = ()) -> tuple[subprocess.Popen, Path]:
+    logf = out / f"up-{gpus.replace(',', '_')}-{port}.log"
+    proc = subprocess.Popen([*CLI, "up", "tiny", "--gpus", gpus, "--port", str(port), *extra],
                             stdout=logf.open("w"), stderr=subprocess.STDOUT)
     return proc, logf
 
@@ -170,7 +170,7 @@ def phase_serve(out: Path, results: dict, tps: list[int]) -> None:
         plan = json.loads(run([*CLI, "plan", "tiny", "--gpus", str(tp), "--json"], out, f"serveplan-{tp}")["stdout"])
         gpus = [int(g["index"]) if isinstance(g, dict) else int(g) for g in plan["gpus"]]
         port = 8200 + tp
-        proc, logf = start_up(out, tp, port)
+        proc, logf = start_up(out, str(tp), port)
         entry = {"plan": {k: plan.get(k) for k in ("tensor_parallel_size", "max_model_len", "memory")},
                  "gpus": gpus, "baseline_used": {g: baseline[g] for g in gpus}}
         entry["health_s"] = wait_ready(proc, port)
@@ -217,14 +217,13 @@ def phase_busy(out: Path, results: dict) -> None:
     holder.stdout.readline()
     busy = {"held_gib": 100}
     busy["gpus"] = json.loads(run([*CLI, "gpus", "--json"], out, "busy-gpus")["stdout"] or "null")
-    for name, args in {"plan-tiny-gpu0": ["plan", "tiny", "--gpus", "0", "--json"],
+    for name, args in {"plan-tiny-gpu0": ["plan", "tiny", "--gpus", "0,", "--json"],
                        "plan-tiny-n1": ["plan", "tiny", "--gpus", "1", "--json"],
                        "plan-flash-gpus-0-1": ["plan", "flash", "--gpus", "0,1", "--json"]}.items():
         res = run([*CLI, *args], out, f"busy-{name}")
         busy[name] = {"rc": res["rc"], "plan": json.loads(res["stdout"]) if res["stdout"].strip() else None}
     baseline = nvml_used()
-    proc, logf = start_up(out, 0, 8299, [])
-    proc.args  # noqa: B018 - keep for the record
+    proc, logf = start_up(out, "0,", 8299)  # GPU 0 explicitly: the one being held
     health = wait_ready(proc, 8299, timeout=300)
     busy["up_gpu0_health_s"] = health
     proc.send_signal(signal.SIGINT)
@@ -246,7 +245,7 @@ def phase_ratio(out: Path, results: dict, rounds: int) -> None:
         for kind in ("bare", "up"):
             port = 8400 + r * 2 + (kind == "up")
             if kind == "up":
-                proc, _ = start_up(out, 2, port)
+                proc, _ = start_up(out, "2", port)
             else:
                 argv = list(plan["argv"])
                 argv[argv.index("--port") + 1] = str(port)
