@@ -19,6 +19,11 @@ NON_TORCH_BYTES = 1 * GiB  # CUDA context, cuBLAS/NCCL workspaces, custom all-re
 ACTIVATION_BYTES = 4 * GiB  # peak activations of vLLM's profiling run (max_num_batched_tokens)
 VLLM_BUFFER_BYTES = 150 * MiB  # vLLM's own redundancy buffer against profiling underestimates
 CUDA_GRAPH_BYTES = 3 * GiB  # captured CUDA graphs' private pools, only when eager mode is off
+# Memory NVML shows beyond vLLM's budget, measured on H200 with vLLM 0.26.0 (docs/validation.md): vLLM
+# fills its KV cache up to utilization x total, and each GPU then also holds 652 MiB more at TP 1 (CUDA
+# context) and 2170-2212 MiB more at TP 2 and 4 (NCCL and custom all-reduce buffers on top).
+CUDA_CONTEXT_BYTES = 652 * MiB
+TP_COMM_BYTES = 1540 * MiB
 # CPU path (recipes/vllm-cpu.md: ~2.8 GiB RSS over 3 processes at TP 1, ~4.1 GiB at TP 2).
 CPU_BASE_BYTES = 3 * GiB // 2
 CPU_PER_RANK_BYTES = 3 * GiB // 2
@@ -29,7 +34,9 @@ DEFAULT_BLOCK_SIZE = 16  # vLLM's default --block-size on CUDA
 # MLA-style latent KV cache and tensor parallelism: vLLM gives an MLA model a single KV head
 # (ModelConfig.get_num_kv_heads returns 1 when use_mla; other models get heads // tp) and every TP rank
 # keeps the whole latent cache, so the per-GPU KV cache is NOT divided by the TP size. DeepSeek-V4's
-# CSA/HCA compressed caches follow the same scheme. To be checked on real GPUs; flip this if it splits.
+# CSA/HCA compressed caches follow the same scheme. Measured on H200 (docs/validation.md): with the same
+# budget per GPU vLLM reported 19.26M, 19.40M and 19.44M KV tokens per GPU at TP 1, 2 and 4, i.e.
+# 2,304 B/token on every rank: the cache is replicated, not split.
 KV_CACHE_SPLIT_ACROSS_TP = False
 
 
@@ -37,6 +44,11 @@ def kv_cache_bytes_per_gpu(kv_bytes_per_token: int, tokens: int, tensor_parallel
     """KV cache one GPU holds for `tokens` tokens of context (see KV_CACHE_SPLIT_ACROSS_TP)."""
     total = kv_bytes_per_token * tokens
     return math.ceil(total / tensor_parallel_size) if KV_CACHE_SPLIT_ACROSS_TP else total
+
+
+def outside_budget_bytes(tensor_parallel_size: int) -> int:
+    """Per-GPU memory a running server holds beyond vLLM's own budget (measured; see CUDA_CONTEXT_BYTES)."""
+    return CUDA_CONTEXT_BYTES + (TP_COMM_BYTES if tensor_parallel_size > 1 else 0)
 
 
 def overhead_bytes(cuda_graphs: bool) -> int:
@@ -73,6 +85,12 @@ class MemoryRow:
         int  # what vLLM may use: utilization x CUDA's total memory (host RAM on the CPU path; 0 = unknown)
     )
     free: int
+    # What NVML should show as used by the server on this GPU once it runs: vLLM fills the KV cache up
+    # to the budget, plus what it holds outside it (outside_budget_bytes). 0 on the CPU path.
+    expected_used: int = 0
+    # KV cache tokens this GPU can hold: budget - weights - overhead, over the bytes per token. A lower
+    # bound: the overhead figure is on the safe side. 0 where unknown (CPU path, no KV facts).
+    kv_capacity_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -296,13 +314,16 @@ def _tp_candidates(profile: Profile, gpus, forced: int | None) -> tuple[list[int
     )
 
 
-def _utilization(profile: Profile, gpus: tuple[Gpu, ...]) -> tuple[float, list[str], list[str]]:
-    """vLLM refuses to start when free memory < utilization x total: lower it to what is free, and say so."""
+def _utilization(profile: Profile, gpus: tuple[Gpu, ...], tp: int) -> tuple[float, list[str], list[str]]:
+    """vLLM refuses to start when free memory < utilization x total: lower it to what is free, and say so.
+
+    The server also needs outside_budget_bytes(tp) beyond its budget, so that much must be free too."""
     wanted = profile.serve.gpu_memory_utilization
-    short = [g for g in gpus if g.memory_free < math.ceil(wanted * g.memory_usable)]
+    extra = outside_budget_bytes(tp)
+    short = [g for g in gpus if g.memory_free < math.ceil(wanted * g.memory_usable) + extra]
     if not short:
         return wanted, [], []
-    lowered = math.floor(min(g.memory_free / g.memory_usable for g in gpus) * 100) / 100
+    lowered = math.floor(min((g.memory_free - extra) / g.memory_usable for g in gpus) * 100) / 100
     held = "; ".join(
         f"GPU {g.index} has {_gib(g.memory_usable - g.memory_free)} in use"
         + (" by " + ", ".join(f"pid {p.pid} {p.name}".strip() for p in g.processes) if g.processes else "")
@@ -318,7 +339,7 @@ def _utilization(profile: Profile, gpus: tuple[Gpu, ...]) -> tuple[float, list[s
 
 
 def _fit_memory(profile: Profile, gpus: tuple[Gpu, ...], tp: int, requested: int, overhead: int) -> _Fit:
-    util, notes, problems = _utilization(profile, gpus)
+    util, notes, problems = _utilization(profile, gpus, tp)
     block = profile.serve.block_size or DEFAULT_BLOCK_SIZE
     weights = math.ceil(profile.model.weights_bytes / tp)
     budgets = {g.index: math.ceil(util * g.memory_usable) for g in gpus}
@@ -357,6 +378,8 @@ def _fit_memory(profile: Profile, gpus: tuple[Gpu, ...], tp: int, requested: int
             weights + kv + overhead,
             budgets[g.index],
             g.memory_free,
+            expected_used=budgets[g.index] + outside_budget_bytes(tp),
+            kv_capacity_tokens=max(budgets[g.index] - weights - overhead, 0) // per_token if per_token > 0 else 0,
         )
         for g in gpus
     )

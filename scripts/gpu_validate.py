@@ -144,9 +144,9 @@ def phase_inventory(out: Path, results: dict) -> None:
     results["plans"] = plans
 
 
-def start_up(out: Path, gpus: str, port: int, extra: list[str] = ()) -> tuple[subprocess.Popen, Path]:
+def start_up(out: Path, gpus: str, port: int, extra: list[str] = (), profile: str = "tiny"):
     logf = out / f"up-{gpus.replace(',', '_')}-{port}.log"
-    proc = subprocess.Popen([*CLI, "up", "tiny", "--gpus", gpus, "--port", str(port), *extra],
+    proc = subprocess.Popen([*CLI, "up", profile, "--gpus", gpus, "--port", str(port), *extra],
                             stdout=logf.open("w"), stderr=subprocess.STDOUT)
     return proc, logf
 
@@ -162,15 +162,16 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 400) -> float
     return None
 
 
-def phase_serve(out: Path, results: dict, tps: list[int]) -> None:
+def phase_serve(out: Path, results: dict, tps: list[int], profile: str = "tiny", key: str = "serve") -> None:
     stops = {1: ("SIGINT", signal.SIGINT), 2: ("SIGTERM", signal.SIGTERM), 4: ("SIGKILL", signal.SIGKILL)}
     runs = {}
     for tp in tps:
         baseline = nvml_used()
-        plan = json.loads(run([*CLI, "plan", "tiny", "--gpus", str(tp), "--json"], out, f"serveplan-{tp}")["stdout"])
+        plan = json.loads(run([*CLI, "plan", profile, "--gpus", str(tp), "--json"], out,
+                              f"{key}plan-{tp}")["stdout"])
         gpus = [int(g["index"]) if isinstance(g, dict) else int(g) for g in plan["gpus"]]
         port = 8200 + tp
-        proc, logf = start_up(out, str(tp), port)
+        proc, logf = start_up(out, str(tp), port, profile=profile)
         entry = {"plan": {k: plan.get(k) for k in ("tensor_parallel_size", "max_model_len", "memory")},
                  "gpus": gpus, "baseline_used": {g: baseline[g] for g in gpus}}
         entry["health_s"] = wait_ready(proc, port)
@@ -180,6 +181,9 @@ def phase_serve(out: Path, results: dict, tps: list[int]) -> None:
             used = nvml_used()
             entry["nvml_used_during"] = {g: used[g] for g in gpus}
             entry["nvml_delta_gib"] = {g: round((used[g] - baseline[g]) / GIB, 3) for g in gpus}
+            expected = {int(r["device"]): r["expected_used"] for r in plan["memory"]}
+            entry["predicted_over_measured"] = {
+                g: round(expected[g] / (used[g] - baseline[g]), 4) for g in gpus if expected.get(g)}
         name, sig = stops.get(tp, ("SIGINT", signal.SIGINT))
         t0 = time.monotonic()
         proc.send_signal(sig)
@@ -196,7 +200,14 @@ def phase_serve(out: Path, results: dict, tps: list[int]) -> None:
         log(f"tp{tp}: {json.dumps(entry)[:600]}")
         for pid in entry["left_pids"]:  # never leave a stray server for the next phase
             os.kill(pid, signal.SIGKILL)
-    results["serve"] = runs
+    results[key] = runs
+
+
+def phase_holdout(out: Path, results: dict) -> None:
+    """Out-of-sample check of the memory model: a user profile at utilization 0.6, TP 2."""
+    yaml_path = Path("/tmp/gpuval/tiny06.yaml")
+    yaml_path.write_text("name: tiny06\nextends: tiny\nserve: {gpu_memory_utilization: 0.6}\n")
+    phase_serve(out, results, [2], profile=str(yaml_path), key="holdout")
 
 
 def phase_smoke(out: Path, results: dict, tps: list[int]) -> None:
@@ -226,6 +237,13 @@ def phase_busy(out: Path, results: dict) -> None:
     proc, logf = start_up(out, "0,", 8299)  # GPU 0 explicitly: the one being held
     health = wait_ready(proc, 8299, timeout=300)
     busy["up_gpu0_health_s"] = health
+    if health is not None:
+        time.sleep(2)
+        plan = busy["plan-tiny-gpu0"]["plan"] or {}
+        expected = (plan.get("memory") or [{}])[0].get("expected_used")
+        delta = nvml_used()[0] - baseline[0]
+        busy["up_gpu0_nvml_delta_gib"] = round(delta / GIB, 3)
+        busy["up_gpu0_predicted_over_measured"] = round(expected / delta, 4) if expected else None
     proc.send_signal(signal.SIGINT)
     try:
         busy["up_gpu0_rc"] = proc.wait(timeout=60)
@@ -281,6 +299,7 @@ def main() -> None:
     phases = {"inventory": lambda: phase_inventory(logs, results),
               "serve": lambda: phase_serve(logs, results, tps),
               "smoke": lambda: phase_smoke(logs, results, tps),
+              "holdout": lambda: phase_holdout(logs, results),
               "busy": lambda: phase_busy(logs, results),
               "ratio": lambda: phase_ratio(logs, results, a.rounds)}
     try:

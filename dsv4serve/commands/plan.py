@@ -180,6 +180,13 @@ def render_plan(plan, as_json: bool = False) -> None:
             f"budget = gpu_memory_utilization {plan.gpu_memory_utilization:g} x CUDA's total memory; "
             f"CUDA graphs {'on' if plan.cuda_graphs else 'off (--enforce-eager)'}"
         )
+        row = plan.memory[0]
+        if row.expected_used:
+            out.print(
+                f"once running, NVML should show about {_gib(row.expected_used)} GiB used per GPU "
+                f"(vLLM fills the KV cache up to the budget); KV cache capacity >= "
+                f"{row.kv_capacity_tokens:,} tokens"
+            )
     for note in plan.notes:
         out.print(f"note: {note}")
     for problem in plan.problems:

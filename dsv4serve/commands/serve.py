@@ -15,7 +15,9 @@ import typer
 from dsv4serve.options import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    CudaGraphsOpt,
     GpusOpt,
+    HardwareOpt,
     HostOpt,
     JsonOpt,
     MaxModelLenOpt,
@@ -54,6 +56,8 @@ def prepare_launch(
     *,
     profile_dirs: Sequence[str] = (),
     gpus: str | None = None,
+    hardware: str | None = None,
+    cuda_graphs: bool | None = None,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     max_model_len: int | None = None,
@@ -69,9 +73,18 @@ def prepare_launch(
     from dsv4serve.launch import LaunchSpec, startup_timeout
     from dsv4serve.weights import fetch_weights
 
+    if hardware and not dry_run:
+        from dsv4serve.errors import UsageError
+
+        raise UsageError(
+            f"--hardware {hardware} only plans: nothing can start on GPUs that are declared, not present",
+            "add --dry-run to see the command, or use `dsv4serve plan`",
+        )
     options = dict(
         profile_dirs=profile_dirs,
         gpus=gpus,
+        hardware=hardware,
+        cuda_graphs=cuda_graphs,
         max_model_len=max_model_len,
         host=host,
         port=port,
@@ -197,6 +210,8 @@ def register(app: typer.Typer) -> None:
         port: PortOpt = DEFAULT_PORT,
         host: HostOpt = DEFAULT_HOST,
         max_model_len: MaxModelLenOpt = None,
+        cuda_graphs: CudaGraphsOpt = None,
+        hardware: HardwareOpt = None,
         timeout: TimeoutOpt = None,
         dry_run: DryRunOpt = False,
         no_download: NoDownloadOpt = False,
@@ -211,6 +226,8 @@ def register(app: typer.Typer) -> None:
             profile,
             profile_dirs=profile_dir or (),
             gpus=gpus,
+            hardware=hardware,
+            cuda_graphs=cuda_graphs,
             host=host,
             port=port,
             max_model_len=max_model_len,
