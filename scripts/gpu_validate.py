@@ -265,7 +265,7 @@ def phase_ratio(out: Path, results: dict, rounds: int) -> None:
             if kind == "up":
                 proc, _ = start_up(out, "2", port)
             else:
-                argv = list(plan["argv"])
+                argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *plan["args"]]
                 argv[argv.index("--port") + 1] = str(port)
                 env = {**os.environ, **plan["env"]}
                 proc = subprocess.Popen(argv, env=env, stdout=(out / f"bare-{r}.log").open("w"),
