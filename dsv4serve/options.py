@@ -29,7 +29,9 @@ MaxModelLenOpt = Annotated[
     typer.Option("--max-model-len", help="Context length to serve (default: the profile's, lowered to fit)."),
 ]
 HostOpt = Annotated[str, typer.Option("--host", help="Address to bind. Default 127.0.0.1 (local only).")]
-PortOpt = Annotated[int, typer.Option("--port", help="Port for the OpenAI-compatible server.")]
+PortOpt = Annotated[
+    int, typer.Option("--port", min=1, max=65535, help="Port for the OpenAI-compatible server.")
+]
 CudaGraphsOpt = Annotated[
     Optional[bool],  # noqa: UP045 - None means "the profile's setting"
     typer.Option("--cuda-graphs/--enforce-eager", help="CUDA graphs on or off (default: the profile's)."),
