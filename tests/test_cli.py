@@ -1,0 +1,54 @@
+"""The CLI's single error boundary: exit codes, one-line messages, no tracebacks for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsv4serve import __version__
+
+
+def test_version(run_cli):
+    result = run_cli("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"dsv4serve {__version__}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("up", "tiny", "--port", "99999"),
+        ("up", "tiny", "--port", "0"),
+        ("plan", "tiny", "--max-model-len", "lots"),
+        ("no-such-command",),
+        ("profiles", "show"),
+    ],
+)
+def test_bad_flags_exit_2_without_traceback(run_cli, args):
+    result = run_cli(*args)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_up_with_declared_hardware_only_plans(run_cli):
+    result = run_cli("up", "flash", "--hardware", "2xH200")
+    assert result.exit_code == 2
+    assert "only plans" in result.stderr and "--dry-run" in result.stderr
+    dry = run_cli("up", "flash", "--hardware", "2xH200", "--dry-run", "--cuda-graphs")
+    assert dry.exit_code == 0
+    assert "--tensor-parallel-size 2" in dry.stdout and "--enforce-eager" not in dry.stdout
+
+
+def test_an_unexpected_error_is_one_line_unless_debugging(run_cli, monkeypatch):
+    import dsv4serve.profiles as profiles
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(profiles, "load_profile", broken)
+    result = run_cli("profiles", "show", "flash")
+    assert result.exit_code == 1
+    assert "internal error: RuntimeError: boom" in result.stderr
+    assert "DSV4SERVE_DEBUG=1" in result.stderr and "Traceback" not in result.stderr
+    monkeypatch.setenv("DSV4SERVE_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        run_cli("profiles", "show", "flash")
