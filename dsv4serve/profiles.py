@@ -22,9 +22,8 @@ SOURCE_KEYS = ("repo", "path", "generate")
 
 def builtin_dir() -> Path:
     """The built-in profiles: inside the wheel, or the repository's profiles/ for editable installs."""
-    from importlib.resources import files
-
-    packaged = Path(str(files("dsv4serve"))) / "_builtin_profiles"
+    # The package directory, as importlib.resources.files("dsv4serve") gives it, without importing that.
+    packaged = Path(__file__).parent / "_builtin_profiles"
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "profiles"
 
 
@@ -76,9 +75,12 @@ def _known_names(dirs: list[tuple[Path, str]]) -> list[str]:
     return sorted({f.stem for d, _ in dirs for f in _profile_files(d)})
 
 
-def locate_profile(name_or_path: str, profile_dirs: Sequence[str] = ()) -> tuple[Path, str]:
-    """The file a name or path means, and its origin label."""
-    dirs = search_path(profile_dirs)
+def locate_profile(
+    name_or_path: str, profile_dirs: Sequence[str] = (), dirs: list[tuple[Path, str]] | None = None
+) -> tuple[Path, str]:
+    """The file a name or path means, and its origin label (`dirs`: the search path, if already built)."""
+    if dirs is None:
+        dirs = search_path(profile_dirs)
     if _is_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.is_file():
@@ -174,7 +176,7 @@ def _without_source(base: LocatedMap, child: LocatedMap) -> LocatedMap:
 def load_profile(name_or_path: str, profile_dirs: Sequence[str] = ()) -> Profile:
     """Find a profile by name or path, resolve `extends`, validate, and return it frozen."""
     dirs = search_path(profile_dirs)
-    path, origin = locate_profile(name_or_path, profile_dirs)
+    path, origin = locate_profile(name_or_path, dirs=dirs)
     doc, chain = _resolve(path, dirs, ())
     profile = build(Profile, doc, "", skip=LOADER_FIELDS)
     profile = dataclasses.replace(profile, source=str(path), origin=origin, extends=tuple(chain))
