@@ -39,16 +39,18 @@ def build(cls: type, raw: Any, path: str, at: Loc = ("", 0), skip: Sequence[str]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     known = sorted(fields) + (["extends"] if skip else [])
-    for key in raw:
+    for key in [*raw, *raw.cleared]:  # a key an `extends` child cleared with null must exist too
         if key not in fields:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]}?" if close else f"known fields: {', '.join(known)}"
-            raise fail(raw.where[key], join(path, key), "unknown field", hint)
+            raise fail(raw.where.get(key) or raw.cleared[key], join(path, key), "unknown field", hint)
     values = {}
     for name, f in fields.items():
         if name in raw:
             values[name] = _convert(raw[name], hints[name], join(path, name), raw.where[name])
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if name in raw.cleared:
+                raise _cleared_required(raw, name, path)
             raise fail(
                 raw.at,
                 join(path, name),
@@ -56,6 +58,16 @@ def build(cls: type, raw: Any, path: str, at: Loc = ("", 0), skip: Sequence[str]
                 f"add `{name}:` to {path or 'the profile'}",
             )
     return cls(**values)
+
+
+def _cleared_required(section: LocatedMap, name: str, path: str) -> Exception:
+    """A required field an `extends` child set to null: name the null, not a missing field."""
+    return fail(
+        section.cleared[name],
+        join(path, name),
+        "null clears the inherited value, and this field is required",
+        f"give {name} a value, or remove the `{name}: null` line to keep the parent's",
+    )
 
 
 def _convert(value: Any, hint: Any, path: str, at: Loc) -> Any:
@@ -124,6 +136,15 @@ def check(profile: Profile, doc: LocatedMap) -> None:
             raise fail(_where(doc, *keys), path, problem, hint)
 
     sources = [k for k in ("repo", "path", "generate") if getattr(model, k)]
+    cleared = doc["model"].cleared if isinstance(doc.get("model"), LocatedMap) else {}
+    dropped = [k for k in ("repo", "path", "generate") if k in cleared]
+    if not sources and dropped:
+        raise fail(
+            cleared[dropped[0]],
+            f"model.{dropped[0]}",
+            f"null clears the inherited {dropped[0]}, and no other source is given",
+            f"add repo: owner/name or path: /local/dir next to `{dropped[0]}: null`, or remove that line",
+        )
     need(
         len(sources) == 1,
         ("model", *sources[1:2]),
@@ -145,6 +166,8 @@ def check(profile: Profile, doc: LocatedMap) -> None:
     for dotted in REQUIRED_FACTS:
         section, name = dotted.split(".")
         present = isinstance(doc.get(section), LocatedMap) and name in doc[section]
+        if not present and isinstance(doc.get(section), LocatedMap) and name in doc[section].cleared:
+            raise _cleared_required(doc[section], name, section)
         need(
             present, (section, name), "missing required field", f"add {name} (see shared facts / config.json)"
         )

@@ -23,6 +23,8 @@ class LocatedMap(dict):
         super().__init__()
         self.at = at
         self.where: dict[str, Loc] = {}
+        # Keys an `extends` child set to null, which removed the inherited value (see profiles.py).
+        self.cleared: dict[str, Loc] = {}
 
 
 class LocatedList(list):

@@ -1,4 +1,13 @@
-"""Profiles: find YAML files on the search path, resolve `extends`, validate into a frozen Profile."""
+"""Profiles: find YAML files on the search path, resolve `extends`, validate into a frozen Profile.
+
+`extends: NAME` merges the child over its parent: mappings key by key, everything else (lists too) the
+child replaces. A child's `null` clears the inherited value: the key is dropped from the merge and the
+field takes its default, e.g. `model: {generate: null, repo: me/model}`, `serve: {env: null}` or
+`hardware: null`. A required field cleared this way is an error naming the null line (a profile without
+`extends` has nothing to clear: there null is checked against the field's type as any value). A child
+that names its own weights (a non-null repo, path or generate) inherits neither the parent's source nor
+its revision.
+"""
 
 from __future__ import annotations
 
@@ -122,11 +131,19 @@ def _parent_file(ref: str, child: Path, loc: Loc, dirs: list[tuple[Path, str]]) 
 
 
 def _merge(parent: LocatedMap, child: LocatedMap) -> LocatedMap:
-    """Deep merge: mappings merge key by key, everything else (lists too) the child replaces."""
+    """Deep merge: mappings merge key by key, everything else (lists too) the child replaces; a child's
+    null removes the key, inherited or not, so the field takes its default (recorded in `cleared`)."""
     out = LocatedMap(child.at)
+    out.cleared.update(parent.cleared)
     for source in (parent, child):
         for key, value in source.items():
             old = out.get(key)
+            if source is child and value is None:
+                out.pop(key, None)
+                out.where.pop(key, None)
+                out.cleared[key] = child.where[key]
+                continue
+            out.cleared.pop(key, None)
             out[key] = (
                 _merge(old, value) if isinstance(old, LocatedMap) and isinstance(value, LocatedMap) else value
             )
@@ -160,15 +177,17 @@ def _without_source(base: LocatedMap, child: LocatedMap) -> LocatedMap:
     model, base_model = child.get("model"), base.get("model")
     if not isinstance(model, LocatedMap) or not isinstance(base_model, LocatedMap):
         return base
-    if not any(key in model for key in SOURCE_KEYS):
+    if all(model.get(key) is None for key in SOURCE_KEYS):  # `generate: null` alone names no weights
         return base
     trimmed = LocatedMap(base_model.at)
+    trimmed.cleared.update(base_model.cleared)
     for key, value in base_model.items():
         if key not in (*SOURCE_KEYS, "revision"):
             trimmed[key], trimmed.where[key] = value, base_model.where[key]
     out = LocatedMap(base.at)
     out.update(base)
     out.where.update(base.where)
+    out.cleared.update(base.cleared)
     out["model"] = trimmed
     return out
 

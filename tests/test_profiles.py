@@ -232,6 +232,10 @@ BAD = [
         4,
     ),
     ("duplicate-top-key", "extends: flash\nextends: pro\n", "extends", 2),
+    ("null-clears-a-required-fact", "extends: flash\nmodel:\n  layers: null\n", "model.layers", 3),
+    ("null-clears-the-only-source", "extends: tiny\nmodel:\n  generate: null\n", "model.generate", 3),
+    ("null-on-an-unknown-key", "extends: flash\nservee: null\n", "servee", 2),
+    ("null-without-extends-is-typed", STANDALONE + "  enforce_eager: null\n", "serve.enforce_eager", 12),
     ("missing-parent", "extends: nosuchprofile\n", "extends", 1),
     ("missing-parent-file", "extends: ./nope.yaml\n", "extends", 1),
     ("extends-not-string", "extends: [flash]\n", "extends", 1),
@@ -431,6 +435,33 @@ def test_child_naming_its_own_weights_drops_the_parents_source(tmp_path):
     path = write(tmp_path / "local.yaml", "extends: flash\nmodel:\n  path: /models/flash\n")
     model = load_profile(str(path)).model
     assert (model.path, model.repo, model.revision) == ("/models/flash", None, None)
+
+
+def test_null_in_a_child_clears_the_inherited_value(tmp_path):
+    path = write(
+        tmp_path / "hubtiny.yaml",
+        "extends: tiny\nmodel:\n  generate: null\n  repo: me/tiny\nserve:\n  dtype: null\n",
+    )
+    profile = load_profile(str(path))
+    assert (profile.model.generate, profile.model.repo, profile.serve.dtype) == (None, "me/tiny", None)
+    assert profile.model.layers == load_profile("tiny").model.layers  # the rest is still inherited
+    path = write(tmp_path / "bare.yaml", "extends: flash\nhardware: null\nserve:\n  env: null\n")
+    profile = load_profile(str(path))
+    assert (profile.hardware, profile.serve.env) == ((), ())  # the fields' defaults
+
+
+def test_generate_null_without_an_inherited_generate_keeps_the_parents_source(tmp_path):
+    path = write(tmp_path / "mine.yaml", "extends: flash\nmodel: {generate: null}\n")
+    model, flash = load_profile(str(path)).model, load_profile("flash").model
+    assert (model.generate, model.repo, model.revision) == (None, flash.repo, flash.revision)
+
+
+def test_generate_null_alone_names_the_null_line(run_cli, tmp_path):
+    path = write(tmp_path / "nosource.yaml", "extends: tiny\ndescription: x\nmodel: {generate: null}\n")
+    result = run_cli("profiles", "validate", str(path))
+    assert result.exit_code == 2
+    assert f"{path}:3: model.generate: null clears the inherited generate" in result.stdout
+    assert "missing required field" not in result.stdout
 
 
 def test_relative_path_from_cwd_works_where_a_name_does(run_cli):
