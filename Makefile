@@ -20,12 +20,12 @@ test-fast: install  ## everything but the tests that start a real vLLM
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check dsv4serve tests bench
-	$(VENV)/bin/ruff format --check dsv4serve tests bench
+	$(VENV)/bin/ruff check dsv4serve tests bench scripts
+	$(VENV)/bin/ruff format --check dsv4serve tests bench scripts
 
 format: install
-	$(VENV)/bin/ruff format dsv4serve tests bench
-	$(VENV)/bin/ruff check --fix dsv4serve tests bench
+	$(VENV)/bin/ruff format dsv4serve tests bench scripts
+	$(VENV)/bin/ruff check --fix dsv4serve tests bench scripts
 
 bench: install
 	$(PY) bench/run_all.py

@@ -45,8 +45,10 @@ def run(args: list[str], out: Path, name: str, timeout: float = 600) -> dict:
     t0 = time.monotonic()
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - t0
-    (out / f"{name}.txt").write_text(f"$ {' '.join(args)}\n# rc={proc.returncode} wall={wall:.2f}s\n"
-                                     f"{proc.stdout}\n--- stderr ---\n{proc.stderr}")
+    (out / f"{name}.txt").write_text(
+        f"$ {' '.join(args)}\n# rc={proc.returncode} wall={wall:.2f}s\n"
+        f"{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    )
     log(f"{name}: rc={proc.returncode} in {wall:.1f}s")
     return {"rc": proc.returncode, "wall_s": round(wall, 2), "stdout": proc.stdout}
 
@@ -90,10 +92,20 @@ def ready(port: int) -> bool:
 
 def chat(port: int, model: str) -> dict:
     """One streamed chat completion: time to first token, tokens/s."""
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello"}],
-                       "max_tokens": 32, "stream": True, "temperature": 0}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Hello"}],
+            "max_tokens": 32,
+            "stream": True,
+            "temperature": 0,
+        }
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
     t0 = time.monotonic()
     first, chunks = None, 0
     with urllib.request.urlopen(req, timeout=120) as resp:
@@ -102,8 +114,11 @@ def chat(port: int, model: str) -> dict:
                 chunks += 1
                 first = first or time.monotonic()
     end = time.monotonic()
-    return {"ttft_s": round((first or end) - t0, 3), "chunks": chunks,
-            "tokens_per_s": round(chunks / max(end - (first or end), 1e-6), 1) if chunks > 1 else None}
+    return {
+        "ttft_s": round((first or end) - t0, 3),
+        "chunks": chunks,
+        "tokens_per_s": round(chunks / max(end - (first or end), 1e-6), 1) if chunks > 1 else None,
+    }
 
 
 def parse_figures(text: str) -> dict:
@@ -128,16 +143,26 @@ def wait_released(gpus: list[int], baseline: dict[int, int], deadline_s: float =
 
 def phase_inventory(out: Path, results: dict) -> None:
     smi = subprocess.run(
-        ["nvidia-smi", "--query-gpu=index,name,uuid,memory.total,memory.used,memory.free,compute_cap,"
-         "driver_version", "--format=csv"], capture_output=True, text=True)
+        [
+            "nvidia-smi",
+            "--query-gpu=index,name,uuid,memory.total,memory.used,memory.free,compute_cap,driver_version",
+            "--format=csv",
+        ],
+        capture_output=True,
+        text=True,
+    )
     (out / "nvidia-smi.csv").write_text(smi.stdout)
     results["nvidia_smi"] = smi.stdout.strip().splitlines()
     results["gpus"] = json.loads(run([*CLI, "gpus", "--json"], out, "gpus")["stdout"] or "null")
     run([*CLI, "gpus"], out, "gpus-table")
     plans = {}
-    for name, args in {"flash-2": ["flash", "--gpus", "2"], "pro-all": ["pro"],
-                       "tiny-1": ["tiny", "--gpus", "1"], "tiny-2": ["tiny", "--gpus", "2"],
-                       "tiny-4": ["tiny", "--gpus", "4"]}.items():
+    for name, args in {
+        "flash-2": ["flash", "--gpus", "2"],
+        "pro-all": ["pro"],
+        "tiny-1": ["tiny", "--gpus", "1"],
+        "tiny-2": ["tiny", "--gpus", "2"],
+        "tiny-4": ["tiny", "--gpus", "4"],
+    }.items():
         res = run([*CLI, "plan", *args, "--json"], out, f"plan-{name}")
         run([*CLI, "plan", *args], out, f"plan-{name}-table")
         plans[name] = {"rc": res["rc"], "plan": json.loads(res["stdout"]) if res["stdout"].strip() else None}
@@ -146,8 +171,11 @@ def phase_inventory(out: Path, results: dict) -> None:
 
 def start_up(out: Path, gpus: str, port: int, extra: list[str] = (), profile: str = "tiny"):
     logf = out / f"up-{gpus.replace(',', '_')}-{port}.log"
-    proc = subprocess.Popen([*CLI, "up", profile, "--gpus", gpus, "--port", str(port), *extra],
-                            stdout=logf.open("w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*CLI, "up", profile, "--gpus", gpus, "--port", str(port), *extra],
+        stdout=logf.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     return proc, logf
 
 
@@ -167,13 +195,17 @@ def phase_serve(out: Path, results: dict, tps: list[int], profile: str = "tiny",
     runs = {}
     for tp in tps:
         baseline = nvml_used()
-        plan = json.loads(run([*CLI, "plan", profile, "--gpus", str(tp), "--json"], out,
-                              f"{key}plan-{tp}")["stdout"])
+        plan = json.loads(
+            run([*CLI, "plan", profile, "--gpus", str(tp), "--json"], out, f"{key}plan-{tp}")["stdout"]
+        )
         gpus = [int(g["index"]) if isinstance(g, dict) else int(g) for g in plan["gpus"]]
         port = 8200 + tp
         proc, logf = start_up(out, str(tp), port, profile=profile)
-        entry = {"plan": {k: plan.get(k) for k in ("tensor_parallel_size", "max_model_len", "memory")},
-                 "gpus": gpus, "baseline_used": {g: baseline[g] for g in gpus}}
+        entry = {
+            "plan": {k: plan.get(k) for k in ("tensor_parallel_size", "max_model_len", "memory")},
+            "gpus": gpus,
+            "baseline_used": {g: baseline[g] for g in gpus},
+        }
         entry["health_s"] = wait_ready(proc, port)
         if entry["health_s"] is not None:
             time.sleep(2)  # let `up` finish its own one-token readiness request
@@ -183,7 +215,8 @@ def phase_serve(out: Path, results: dict, tps: list[int], profile: str = "tiny",
             entry["nvml_delta_gib"] = {g: round((used[g] - baseline[g]) / GIB, 3) for g in gpus}
             expected = {int(r["device"]): r["expected_used"] for r in plan["memory"]}
             entry["predicted_over_measured"] = {
-                g: round(expected[g] / (used[g] - baseline[g]), 4) for g in gpus if expected.get(g)}
+                g: round(expected[g] / (used[g] - baseline[g]), 4) for g in gpus if expected.get(g)
+            }
         name, sig = stops.get(tp, ("SIGINT", signal.SIGINT))
         t0 = time.monotonic()
         proc.send_signal(sig)
@@ -222,15 +255,24 @@ def phase_smoke(out: Path, results: dict, tps: list[int]) -> None:
 
 def phase_busy(out: Path, results: dict) -> None:
     """Hold 100 GiB on GPU 0 from another process, then ask dsv4serve to use GPU 0."""
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import torch, time; x = torch.empty(100 * 2**30, dtype=torch.uint8, device='cuda:0');"
-                               "print('held', flush=True); time.sleep(900)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import torch, time; x = torch.empty(100 * 2**30, dtype=torch.uint8, device='cuda:0');"
+            "print('held', flush=True); time.sleep(900)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     holder.stdout.readline()
     busy = {"held_gib": 100}
     busy["gpus"] = json.loads(run([*CLI, "gpus", "--json"], out, "busy-gpus")["stdout"] or "null")
-    for name, args in {"plan-tiny-gpu0": ["plan", "tiny", "--gpus", "0,", "--json"],
-                       "plan-tiny-n1": ["plan", "tiny", "--gpus", "1", "--json"],
-                       "plan-flash-gpus-0-1": ["plan", "flash", "--gpus", "0,1", "--json"]}.items():
+    for name, args in {
+        "plan-tiny-gpu0": ["plan", "tiny", "--gpus", "0,", "--json"],
+        "plan-tiny-n1": ["plan", "tiny", "--gpus", "1", "--json"],
+        "plan-flash-gpus-0-1": ["plan", "flash", "--gpus", "0,1", "--json"],
+    }.items():
         res = run([*CLI, *args], out, f"busy-{name}")
         busy[name] = {"rc": res["rc"], "plan": json.loads(res["stdout"]) if res["stdout"].strip() else None}
     baseline = nvml_used()
@@ -268,8 +310,13 @@ def phase_ratio(out: Path, results: dict, rounds: int) -> None:
                 argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *plan["args"]]
                 argv[argv.index("--port") + 1] = str(port)
                 env = {**os.environ, **plan["env"]}
-                proc = subprocess.Popen(argv, env=env, stdout=(out / f"bare-{r}.log").open("w"),
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(
+                    argv,
+                    env=env,
+                    stdout=(out / f"bare-{r}.log").open("w"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             t = wait_ready(proc, port)
             (up_times if kind == "up" else bare_times).append(t)
             if kind == "up":
@@ -296,12 +343,14 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     tps = [int(t) for t in a.tp.split(",")]
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": os.uname().nodename}
-    phases = {"inventory": lambda: phase_inventory(logs, results),
-              "serve": lambda: phase_serve(logs, results, tps),
-              "smoke": lambda: phase_smoke(logs, results, tps),
-              "holdout": lambda: phase_holdout(logs, results),
-              "busy": lambda: phase_busy(logs, results),
-              "ratio": lambda: phase_ratio(logs, results, a.rounds)}
+    phases = {
+        "inventory": lambda: phase_inventory(logs, results),
+        "serve": lambda: phase_serve(logs, results, tps),
+        "smoke": lambda: phase_smoke(logs, results, tps),
+        "holdout": lambda: phase_holdout(logs, results),
+        "busy": lambda: phase_busy(logs, results),
+        "ratio": lambda: phase_ratio(logs, results, a.rounds),
+    }
     try:
         for phase in a.phases:
             log(f"phase {phase}")
