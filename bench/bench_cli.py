@@ -8,29 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from _timing import median_wall
 
 DSV4SERVE = [sys.executable, "-m", "dsv4serve"]
 VLLM = [sys.executable, "-m", "vllm.entrypoints.cli.main"]
-
-
-def time_command(argv: list[str], rounds: int, cwd: str) -> float:
-    """Median wall time in seconds of running argv to completion, after one untimed warm-up run."""
-
-    def run() -> None:
-        subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
-
-    run()  # warm the OS file cache and .pyc files, so rounds measure start-up, not the first disk read
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -39,12 +23,12 @@ def main() -> int:
     # An empty working directory, so ./profiles of wherever this runs does not change what `list` reads.
     with tempfile.TemporaryDirectory() as cwd:
         rows = [
-            ("dsv4serve --help", time_command([*DSV4SERVE, "--help"], rounds, cwd), rounds),
-            ("dsv4serve profiles list", time_command([*DSV4SERVE, "profiles", "list"], rounds, cwd), rounds),
+            (" ".join(["dsv4serve", *args]), median_wall([*DSV4SERVE, *args], rounds, cwd=cwd), rounds)
+            for args in (["--help"], ["profiles", "list"])
         ]
         anchor = None
         if importlib.util.find_spec("vllm") is not None:
-            anchor = time_command([*VLLM, "--help"], vllm_rounds, cwd)
+            anchor = median_wall([*VLLM, "--help"], vllm_rounds, cwd=cwd)
             rows.append(("vllm --help", anchor, vllm_rounds))
     print(f"{'command':<26} {'median s':>9} {'rounds':>7} {'vs vllm --help':>15}")
     for name, seconds, n in rows:

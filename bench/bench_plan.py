@@ -7,26 +7,11 @@ so the number means something on any machine. Target: under 0.3 s. BENCH_QUICK=1
 from __future__ import annotations
 
 import os
-import statistics
-import subprocess
 import sys
-import time
+
+from _timing import median_wall
 
 TARGET_S = 0.3
-
-
-# What a user runs has compiled .pyc files (pip writes them at install, Python on first import); with
-# PYTHONDONTWRITEBYTECODE set (as in some sandboxes) every run would recompile dsv4serve (~25 ms here).
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-
-def median_wall(argv: list[str], rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        subprocess.run(argv, check=True, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -34,7 +19,6 @@ def main() -> int:
     plan = [sys.executable, "-m", "dsv4serve", "plan", "flash", "--hardware", "2xH200"]
     anchor = [sys.executable, "-c", "pass"]
     help_ = [sys.executable, "-m", "dsv4serve", "--help"]
-    median_wall(plan, 1)  # warm the page cache and __pycache__
     base = median_wall(anchor, rounds)
     floor = median_wall(help_, rounds)  # the CLI framework alone (typer, our command modules)
     took = median_wall(plan, rounds)

@@ -6,13 +6,18 @@ import contextlib
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 from dsv4serve.errors import HardwareError, UsageError
 
 MiB = 1 << 20
 GiB = 1 << 30
+
+
+def gib(n: float, digits: int = 1, unit: str = " GiB") -> str:
+    """Bytes as GiB for people: gib(3 * GiB // 2) == "1.5 GiB"; unit="" for the number alone."""
+    return f"{n / GiB:.{digits}f}{unit}"
 
 
 class GpuProcess(NamedTuple):
@@ -41,6 +46,11 @@ class Gpu:
     def memory_usable(self) -> int:
         """Total memory as CUDA (cudaMemGetInfo, torch, vLLM) counts it."""
         return self.memory_total - self.memory_reserved
+
+
+def gpu_to_dict(gpu: Gpu) -> dict:
+    """A JSON-able dict of a GPU (asdict keeps the processes NamedTuples, which JSON would make lists)."""
+    return {**asdict(gpu), "processes": [p._asdict() for p in gpu.processes]}
 
 
 @dataclass(frozen=True)

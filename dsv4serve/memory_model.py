@@ -50,8 +50,3 @@ def overhead_bytes(cuda_graphs: bool) -> int:
     """Fixed per-GPU memory besides weights and KV cache."""
     fixed = NON_TORCH_BYTES + ACTIVATION_BYTES + VLLM_BUFFER_BYTES
     return fixed + (CUDA_GRAPH_BYTES if cuda_graphs else 0)
-
-
-def gib(n: float) -> str:
-    """Bytes as GiB with one decimal, for plan notes and problems: '70.0 GiB'."""
-    return f"{n / GiB:.1f} GiB"

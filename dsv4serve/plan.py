@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from dsv4serve.errors import HardwareError, UsageError
-from dsv4serve.hardware import GPU_CATALOG, GiB, Gpu
+from dsv4serve.hardware import GPU_CATALOG, GiB, Gpu, gib, gpu_to_dict
 from dsv4serve.memory_model import (
     ACTIVATION_BYTES,
     CPU_BASE_BYTES,
@@ -24,7 +24,6 @@ from dsv4serve.memory_model import (
     NON_TORCH_BYTES,
     TP_COMM_BYTES,
     VLLM_BUFFER_BYTES,
-    gib,
     kv_cache_bytes_per_gpu,
     outside_budget_bytes,
     overhead_bytes,
@@ -69,7 +68,7 @@ def default_model_location(profile: Profile) -> str | None:
 
 def plan_to_dict(plan: Plan) -> dict:
     data = asdict(plan)
-    data["gpus"] = [{**asdict(g), "processes": [p._asdict() for p in g.processes]} for g in plan.gpus]
+    data["gpus"] = [gpu_to_dict(g) for g in plan.gpus]
     data["argv"] = list(command(plan))
     data["env"] = dict(plan.env)
     for key in ("args", "problems", "notes", "suggestions"):

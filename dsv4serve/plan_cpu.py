@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from dsv4serve.hardware import GiB
-from dsv4serve.memory_model import CPU_BASE_BYTES, CPU_PER_RANK_BYTES, gib, kv_cache_bytes_per_gpu
+from dsv4serve.hardware import GiB, gib
+from dsv4serve.memory_model import CPU_BASE_BYTES, CPU_PER_RANK_BYTES, kv_cache_bytes_per_gpu
 from dsv4serve.plan_types import MemoryRow, Overrides, Plan
 from dsv4serve.profile_types import Profile
 from dsv4serve.vllm_args import vllm_args

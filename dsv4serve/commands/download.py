@@ -55,11 +55,11 @@ def download(
 
     out = console()
     if result.source == "hub":
-        gib = 1024**3
+        from dsv4serve.hardware import gib
+
         out.print(
-            f"{result.repo}@{result.commit}: {result.files} files, {result.total_bytes / gib:.2f} GiB "
-            f"({result.downloaded_bytes / gib:.2f} GiB downloaded now, "
-            f"{result.reused_bytes / gib:.2f} GiB already there)"
+            f"{result.repo}@{result.commit}: {result.files} files, {gib(result.total_bytes, 2)} "
+            f"({gib(result.downloaded_bytes, 2)} downloaded now, {gib(result.reused_bytes, 2)} already there)"
         )
     out.print(f"weights ready: {result.path}")
 

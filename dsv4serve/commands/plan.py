@@ -138,9 +138,9 @@ def ensure_fits(plan) -> None:
 
 
 def _gib(n: int) -> str:
-    from dsv4serve.hardware import GiB
+    from dsv4serve.hardware import gib
 
-    return f"{n / GiB:.1f}" if n else "-"
+    return gib(n, unit="") if n else "-"
 
 
 def render_plan(plan, as_json: bool = False) -> None:
@@ -196,10 +196,9 @@ def render_plan(plan, as_json: bool = False) -> None:
 
 
 def _inventory_dict(inventory) -> dict:
-    data = dataclasses.asdict(inventory)
-    for gpu, raw in zip(data["gpus"], inventory.gpus, strict=True):
-        gpu["processes"] = [p._asdict() for p in raw.processes]
-    return data
+    from dsv4serve.hardware import gpu_to_dict
+
+    return {**dataclasses.asdict(inventory), "gpus": [gpu_to_dict(g) for g in inventory.gpus]}
 
 
 def register(app: typer.Typer) -> None:

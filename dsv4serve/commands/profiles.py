@@ -78,11 +78,13 @@ def show_command(name: ProfileArg, json: JsonOpt = False, profile_dir: ProfileDi
 
 def _facts_line(profile) -> str:
     """The checkpoint facts a reader checks first: size, depth, context."""
+    from dsv4serve.hardware import gib
+
     m = profile.model
     return (
         f"{_count(m.total_params)} total / {_count(m.active_params)} active parameters, {m.layers} layers, "
         f"{m.attention_heads} attention heads, {m.max_context:,} max context, "
-        f"weights {m.weights_bytes / 2**30:.2f} GiB, enforce_eager {str(profile.serve.enforce_eager).lower()}"
+        f"weights {gib(m.weights_bytes, 2)}, enforce_eager {str(profile.serve.enforce_eager).lower()}"
     )
 
 
