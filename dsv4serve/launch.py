@@ -136,33 +136,38 @@ class Server:
             self._log = open(self.spec.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         self._emit("command", " ".join(self.spec.argv))
         self._t0 = time.monotonic()
-        try:
-            self.proc = subprocess.Popen(
-                list(self.spec.argv),
+        # A signal between the fork and the watchdog's start would leave a group nobody guards: hold
+        # the stop signals until both exist; one that came meanwhile is raised right after, and the
+        # caller's stop() then finds self.proc set.
+        with procs.signals_held():
+            try:
+                self.proc = subprocess.Popen(
+                    list(self.spec.argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=self.tmpdir,
+                    start_new_session=True,
+                    preexec_fn=procs.pdeathsig_preexec(),  # noqa: PLW1509 - only prctl, no locks taken
+                )
+            except OSError as err:
+                self._cleanup_files()
+                raise LaunchError(
+                    f"cannot start {self.spec.argv[0]}: {err.strerror or err}",
+                    "check the Python environment that runs vLLM",
+                ) from err
+            self.pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
+            self._drain = threading.Thread(target=self._drain_output, name="vllm-log", daemon=True)
+            self._drain.start()
+            self._watchdog = subprocess.Popen(
+                procs.watchdog_argv(self.pgid, os.getpid(), min(self.spec.grace_s, 5.0), self.tmpdir),
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.tmpdir,
                 start_new_session=True,
-                preexec_fn=procs.pdeathsig_preexec(),  # noqa: PLW1509 - only prctl, no locks taken
+                preexec_fn=procs.unblock_stop_signals,  # noqa: PLW1509 - only sigprocmask
             )
-        except OSError as err:
-            self._cleanup_files()
-            raise LaunchError(
-                f"cannot start {self.spec.argv[0]}: {err.strerror or err}",
-                "check the Python environment that runs vLLM",
-            ) from err
-        self.pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
         self._emit(
             "started", f"vLLM started: pid {self.pgid} (process group {self.pgid}), TMPDIR {self.tmpdir}"
-        )
-        self._drain = threading.Thread(target=self._drain_output, name="vllm-log", daemon=True)
-        self._drain.start()
-        self._watchdog = subprocess.Popen(
-            procs.watchdog_argv(self.pgid, os.getpid(), min(self.spec.grace_s, 5.0), self.tmpdir),
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
         )
 
     def wait_ready(self) -> float:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -59,6 +60,7 @@ def pdeathsig_preexec(sig: int = signal.SIGTERM):
     parent = os.getpid()
 
     def preexec() -> None:
+        unblock_stop_signals()
         try:
             import ctypes
 
@@ -70,6 +72,11 @@ def pdeathsig_preexec(sig: int = signal.SIGTERM):
             os.kill(os.getpid(), sig)
 
     return preexec
+
+
+def unblock_stop_signals() -> None:
+    """A Popen preexec_fn: a child must not inherit the stop signals blocked by signals_held()."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 # The watchdog runs outside the server's group and its session, so neither a terminal Ctrl-C nor a
@@ -186,12 +193,22 @@ def stop_on_signals() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Block SIGINT/SIGTERM/SIGHUP inside the block; one that arrives is delivered when it ends."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Ignore SIGINT/SIGTERM/SIGHUP inside the block (main thread only; elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     try:
         yield
     finally:

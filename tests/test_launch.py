@@ -6,6 +6,7 @@ vLLM (CPU build) on the tiny profile through the dsv4serve CLI, as a user would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -160,6 +161,31 @@ def test_watchdog_stops_the_group_when_its_parent_is_sigkilled(tmp_path):
     t0 = time.monotonic()
     assert_all_gone(pgid, tmpdir)
     assert time.monotonic() - t0 < 6.0
+
+
+def test_a_signal_while_starting_arrives_once_the_group_is_guarded(monkeypatch):
+    # SIGINT right after the fork: it must not cut start() between Popen and the watchdog.
+    real_popen, started = subprocess.Popen, []
+
+    def popen(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        started.append(proc)
+        if len(started) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return proc
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    server = Server(spec(SPAWNS_CHILD))
+    try:
+        with procs.stop_on_signals(), pytest.raises(KeyboardInterrupt):
+            server.start()
+        assert server.proc is started[0] and server._watchdog is started[1]
+    finally:
+        server.stop()
+        for proc in started:  # without the fix: the group nobody knew about
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert_all_gone(server.pgid, server.tmpdir)
 
 
 def test_phases_are_read_from_vllm_log_lines():
