@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -188,9 +189,14 @@ def download_all(target: Target, wanted: Iterable[RemoteFile], on_bytes: Progres
         if target.have(f):
             target.link(f)
     received = [0]
+    lock = threading.Lock()
+    stopping = threading.Event()
 
     def count(n: int) -> None:
-        received[0] += n
+        if stopping.is_set():  # bytes already written stay in the .incomplete file for the next run
+            raise _Stopped
+        with lock:
+            received[0] += n
         on_bytes(n)
 
     if not todo:
@@ -205,8 +211,15 @@ def download_all(target: Target, wanted: Iterable[RemoteFile], on_bytes: Progres
         for fut in futures:
             fut.result()
     finally:
+        # On Ctrl-C or a failed file, the other transfers stop at their next chunk instead of
+        # running to the end of their files while the user waits.
+        stopping.set()
         pool.shutdown(wait=True, cancel_futures=True)
     return received[0]
+
+
+class _Stopped(Exception):
+    """Raised inside a transfer (through its progress callback) to end it early."""
 
 
 def _download_one(target: Target, f: RemoteFile, on_bytes: ProgressFn) -> None:

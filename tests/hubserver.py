@@ -6,7 +6,7 @@ revision info (`/api/models/{repo}[/revision/{rev}]`, sizes with `blobs=true`), 
 X-Repo-Commit, ETag, X-Linked-Etag/X-Linked-Size for LFS files, Content-Length and Range (206/416),
 and the hub's errors (404 + X-Error-Code RepoNotFound/RevisionNotFound/EntryNotFound; 401/403
 GatedRepo for gated repos). It counts requests and bytes served per file, and can cut a response
-after N bytes or fail the next requests for a file, to simulate an interrupted download.
+after N bytes, slow a file down or fail the next requests for a file, to simulate an interrupted download.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,6 +69,7 @@ class HubServer:
         self.bytes_served: Counter[str] = Counter()  # "repo/file" -> body bytes sent by GET
         self.cut_after: dict[str, list[int]] = {}  # "repo/file" -> byte counts for the next GETs
         self.fail_next: Counter[str] = Counter()  # "repo/file" -> answer 503 this many times
+        self.chunk_delay: dict[str, float] = {}  # "repo/file" -> seconds to wait before each 1 MiB
         self.lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -283,9 +285,12 @@ class _Handler(BaseHTTPRequestHandler):
         if limit is not None:
             body = body[:limit]
         sent = 0
+        delay = self.hub.chunk_delay.get(key, 0.0)
         try:
             for off in range(0, len(body), CHUNK):
                 chunk = body[off : off + CHUNK]
+                if delay:
+                    time.sleep(delay)
                 self.wfile.write(chunk)
                 sent += len(chunk)
         except (BrokenPipeError, ConnectionResetError):

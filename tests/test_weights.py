@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,38 @@ def test_interrupted_download_resumes_next_run(big_repo, hub, run_cli, profile_y
     assert hub.bytes_served[key] - served_before == len(files[name]) - kept(cut)  # only the rest
     assert json.loads(second.stdout)["reused_bytes"] >= kept(cut)
     assert missing_files(json.loads(second.stdout)["path"], PATTERNS) == []
+
+
+def test_ctrl_c_stops_transfers_in_flight(hub, monkeypatch, isolated_home):
+    from huggingface_hub import constants
+
+    from dsv4serve import hub_download
+
+    files = {"config.json": b"{}", "model.safetensors": safetensors(8 << 20)}
+    hub.add_repo(REPO_ID, files)
+    key = f"{REPO_ID}/model.safetensors"
+    hub.chunk_delay[key] = 0.5  # 8 MiB in 4 s
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 1 << 20)
+    real_wait = hub_download.wait
+
+    def interrupted(futures, return_when):
+        real_wait(futures, timeout=1.2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hub_download, "wait", interrupted)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        download_weights(profile(), progress=False)
+    assert time.monotonic() - t0 < 3.0  # not the whole file's 4 s
+    [partial] = (isolated_home / ".cache").rglob("*.incomplete")
+    kept_bytes = partial.stat().st_size
+    assert 0 < kept_bytes < len(files["model.safetensors"])
+
+    monkeypatch.setattr(hub_download, "wait", real_wait)
+    hub.chunk_delay.clear()
+    path = fetch_weights(profile(), progress=False)
+    assert (path / "model.safetensors").read_bytes() == files["model.safetensors"]
+    assert hub.resolves(key)[-1][2] == f"bytes={kept_bytes}-"
 
 
 def test_not_enough_disk_refused_before_first_byte(hub, run_cli, profile_yaml):
