@@ -9,6 +9,7 @@ the standard cache layout (blobs/, snapshots/<commit>/, refs/, trees/) that `hf`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -122,11 +123,15 @@ class Target:
         dst = self.final(f)
         dst.parent.mkdir(parents=True, exist_ok=True)
         rel = os.path.relpath(self.stored(f), dst.parent)
-        if dst.is_symlink() or dst.exists():
-            if dst.resolve() == self.stored(f).resolve():
-                return
-            dst.unlink()
-        os.symlink(rel, dst)
+        if dst.is_symlink() and os.readlink(dst) == rel:
+            return
+        # A uniquely named link renamed over dst: another run linking the same file at the same moment
+        # (outside the per-file lock) cannot make this fail with FileExistsError.
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.link")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(rel, tmp)
+        os.replace(tmp, dst)
 
     def record(self, listing: Listing, revision: str) -> None:
         """Write refs/<revision> and the hub's tree cache (sizes for the completeness check)."""

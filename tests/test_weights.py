@@ -214,6 +214,27 @@ def test_ctrl_c_stops_transfers_in_flight(hub, monkeypatch, isolated_home):
     assert hub.resolves(key)[-1][2] == f"bytes={kept_bytes}-"
 
 
+def test_snapshot_link_made_meanwhile_by_another_run(repo, hub, monkeypatch):
+    from dsv4serve import hub_download
+
+    files, sha = repo
+    download_weights(profile(), progress=False)
+    snap = Path(os.environ["HF_HOME"]) / "hub" / "models--acme--tiny-v4" / "snapshots" / sha
+    (snap / "config.json").unlink()
+    real_symlink = os.symlink
+
+    def racing_symlink(src, dst, *args, **kwargs):
+        # Another run creates the same snapshot link between our check and our symlink.
+        if not (snap / "config.json").is_symlink():
+            real_symlink(src, snap / "config.json")
+        return real_symlink(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(hub_download.os, "symlink", racing_symlink)
+    path = fetch_weights(profile(), progress=False)
+    assert (path / "config.json").read_bytes() == files["config.json"]
+    assert sorted(p.name for p in snap.iterdir() if p.name.startswith(".")) == []
+
+
 def test_not_enough_disk_refused_before_first_byte(hub, run_cli, profile_yaml):
     files = checkpoint()
     # The listing declares a 1 PiB shard: no disk here has that free, so the check must refuse.
