@@ -108,11 +108,14 @@ while os.getppid() == parent:
     if not live():
         sys.exit(0)
     time.sleep(0.2)
-kill(signal.SIGTERM)
-end = time.monotonic() + grace
-while live() and time.monotonic() < end:
-    time.sleep(0.1)
-kill(signal.SIGKILL)
+# Signal only a group seen alive: once it is empty its id is free for the system to hand out again.
+if live():
+    kill(signal.SIGTERM)
+    end = time.monotonic() + grace
+    while live() and time.monotonic() < end:
+        time.sleep(0.1)
+    if live():
+        kill(signal.SIGKILL)
 if tmpdir:
     shutil.rmtree(tmpdir, ignore_errors=True)
 """
