@@ -262,10 +262,11 @@ class Server:
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             line = line.rsplit("\r", 1)[-1]  # a progress bar's last state
             self._tail.append(line)
-            if self._log is not None:
+            log = self._log  # read once: stop() may close it and set None if this thread lingers
+            if log is not None:
                 try:
-                    self._log.write(line + "\n")
-                    self._log.flush()
+                    log.write(line + "\n")
+                    log.flush()
                 except (OSError, ValueError):
                     pass
             if self.ready_s is None:
