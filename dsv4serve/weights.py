@@ -170,7 +170,9 @@ def _from_cache(
     missing = missing_files(root, patterns)
     if missing:
         raise DownloadError(f"{_missing_message(repo, missing)}, and {why}", hint)
-    return DownloadResult(path=root, source="cache", repo=repo, revision=rev, commit=root.name)
+    tree = _tree_file(root)  # trees/<commit>.json, written when the files were downloaded
+    commit = root.name if dest is None else (tree.stem if tree is not None else None)
+    return DownloadResult(path=root, source="cache", repo=repo, revision=rev, commit=commit)
 
 
 # -- completeness ------------------------------------------------------------------------------
@@ -250,18 +252,22 @@ def _safetensors_size(file: Path) -> int | None:
 
 def _recorded_sizes(root: Path) -> dict[str, int]:
     """Sizes from the hub's tree listing cached next to a snapshot or inside a --dir download."""
+    tree = _tree_file(root)
+    if tree is None:
+        return {}
+    try:
+        files = json.loads(tree.read_text())["files"]
+        return {name: int(info["size"]) for name, info in files.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _tree_file(root: Path) -> Path | None:
+    """The hub's file list for the snapshot ROOT, or the newest one recorded in a --dir download."""
     if root.parent.name == "snapshots":
-        trees = [root.parent.parent / "trees" / f"{root.name}.json"]
-    else:
-        found = (root / ".cache" / "huggingface" / "trees").glob("*.json")
-        trees = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)[:1]
-    for tree in trees:
-        try:
-            files = json.loads(tree.read_text())["files"]
-            return {name: int(info["size"]) for name, info in files.items()}
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return {}
+        return root.parent.parent / "trees" / f"{root.name}.json"
+    found = (root / ".cache" / "huggingface" / "trees").glob("*.json")
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
 # -- environment -------------------------------------------------------------------------------

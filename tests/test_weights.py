@@ -130,6 +130,16 @@ def test_download_to_dir(repo, hub, tmp_path, run_cli, profile_yaml):
     assert missing_files(tmp_path / "w", PATTERNS) == []
 
 
+def test_download_to_dir_offline_reports_the_commit(repo, hub, tmp_path, run_cli, profile_yaml, monkeypatch):
+    _, sha = repo
+    assert run_cli("download", profile_yaml, "--dir", str(tmp_path / "w")).exit_code == 0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    res = run_cli("download", profile_yaml, "--dir", str(tmp_path / "w"), "--json")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["source"] == "cache" and out["commit"] == sha  # not the directory's name
+
+
 @pytest.fixture
 def big_repo(hub):
     """A repo whose second shard spans several of the client's 10 MiB read chunks."""
