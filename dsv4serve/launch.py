@@ -136,9 +136,7 @@ class Server:
             self._log = open(self.spec.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         self._emit("command", " ".join(self.spec.argv))
         self._t0 = time.monotonic()
-        # A signal between the fork and the watchdog's start would leave a group nobody guards: hold
-        # the stop signals until both exist; one that came meanwhile is raised right after, and the
-        # caller's stop() then finds self.proc set.
+        # Signals wait until the group and its watchdog exist (else a group nobody guards or knows).
         with procs.signals_held():
             try:
                 self.proc = subprocess.Popen(
