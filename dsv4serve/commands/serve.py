@@ -121,10 +121,14 @@ def prepare_launch(
 
 
 def _arg_value(args: Sequence[str], flag: str) -> str | None:
-    for i, arg in enumerate(args[:-1]):
-        if arg == flag:
-            return args[i + 1]
-    return None
+    """The value vLLM will use for FLAG: its last occurrence (args after `--` come last and win)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.partition("=")[2]
+    return value
 
 
 def terminal_notify(quiet_log: bool = False):
