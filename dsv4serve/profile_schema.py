@@ -10,13 +10,17 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from dsv4serve.profile_types import HardwareRule, Profile
+from dsv4serve.profile_types import HardwareRule, KvCache, Profile
 from dsv4serve.profile_yaml import KINDS, STR_HINT, Loc, LocatedList, LocatedMap, fail, join, kind
+from dsv4serve.vllm_version import check_version_text
 
 # Fields the planner cannot work without; the dataclasses give them 0 defaults only so that
 # `extends` children may leave them out.
 REQUIRED_FACTS = ("model.layers", "model.attention_heads", "model.weights_bytes")
 REQUIRED_FACTS += ("model.kv_bytes_per_token", "model.max_context", "serve.max_model_len")
+KV_LAYOUTS = ("deepseek_v4",)
+COMPRESS_RATIOS = (0, 1, 4, 128)  # 0/1 = sliding window only, 4 = CSA (with indexer), 128 = HCA
+DEEP_GEMM_WARMUPS = ("full", "relax", "skip")  # VLLM_DEEP_GEMM_WARMUP's values
 # Profile fields filled by the loader, never written in YAML (`extends` is read as one name there).
 LOADER_FIELDS = ("source", "origin", "extends")
 _HINTS = {
@@ -165,6 +169,8 @@ def check(profile: Profile, doc: LocatedMap) -> None:
     )
     for dotted in REQUIRED_FACTS:
         section, name = dotted.split(".")
+        if dotted == "model.kv_bytes_per_token" and model.kv_cache is not None:
+            continue  # derived from the cache structure
         present = isinstance(doc.get(section), LocatedMap) and name in doc[section]
         if not present and isinstance(doc.get(section), LocatedMap) and name in doc[section].cleared:
             raise _cleared_required(doc[section], name, section)
@@ -213,8 +219,59 @@ def check(profile: Profile, doc: LocatedMap) -> None:
         f"{profile.name!r} is not a profile name",
         "use letters, digits, '.', '_' and '-'",
     )
+    if model.kv_cache is not None:
+        _check_kv_cache(need, model.kv_cache, model.layers)
+    _check_serve_extras(need, serve)
     for i, rule in enumerate(profile.hardware):
         _check_rule(need, i, rule, model.attention_heads)
+
+
+def _check_kv_cache(need: Any, kv: KvCache, layers: int) -> None:
+    """The structured (DeepSeek-V4) cache: one known compress ratio per layer, positive sizes."""
+    at = ("model", "kv_cache")
+    need(
+        kv.layout in KV_LAYOUTS,
+        (*at, "layout"),
+        f"unknown layout {kv.layout!r}",
+        f"use {', '.join(KV_LAYOUTS)}, or drop kv_cache and give model.kv_bytes_per_token",
+    )
+    for i, ratio in enumerate(kv.compress_ratios):
+        need(
+            ratio in COMPRESS_RATIOS,
+            (*at, "compress_ratios", i),
+            f"compress ratio {ratio} is not one of {', '.join(map(str, COMPRESS_RATIOS))}",
+            "copy compress_ratios from the checkpoint's config.json (0/1 = SWA only, 4 = CSA, 128 = HCA)",
+        )
+    need(
+        len(kv.compress_ratios) == layers,
+        (*at, "compress_ratios"),
+        f"{len(kv.compress_ratios)} ratios for {layers} layers (model.layers)",
+        "one ratio per layer, without the MTP layers' trailing entries",
+    )
+    for name in ("sliding_window", "head_dim", "index_head_dim"):
+        need(getattr(kv, name) > 0, (*at, name), "must be positive", "copy it from config.json")
+
+
+def _check_serve_extras(need: Any, serve: Any) -> None:
+    """vLLM version floor, scheduler step size and DeepGEMM warmup mode."""
+    need(
+        serve.min_vllm_version is None or check_version_text(serve.min_vllm_version),
+        ("serve", "min_vllm_version"),
+        f"{serve.min_vllm_version!r} is not a version",
+        'write it quoted, like "0.20.0"',
+    )
+    need(
+        serve.max_num_batched_tokens is None or serve.max_num_batched_tokens > 0,
+        ("serve", "max_num_batched_tokens"),
+        "must be positive",
+        "tokens per scheduler step, e.g. 8192",
+    )
+    need(
+        serve.deep_gemm_warmup is None or serve.deep_gemm_warmup in DEEP_GEMM_WARMUPS,
+        ("serve", "deep_gemm_warmup"),
+        f"{serve.deep_gemm_warmup!r} is not a warmup mode",
+        f"use one of {', '.join(DEEP_GEMM_WARMUPS)}",
+    )
 
 
 def _check_rule(need: Any, i: int, rule: HardwareRule, heads: int) -> None:

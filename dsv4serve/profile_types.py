@@ -6,6 +6,17 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class KvCache:
+    """The KV-cache structure vLLM registers per layer (DeepSeek-V4; see shared/facts/deepseek-v4-kv-cache.md)."""
+
+    layout: str  # "deepseek_v4", the only structured layout for now
+    compress_ratios: tuple[int, ...]  # one per layer, MTP layers dropped: 0/1 = SWA only, 4 = CSA, 128 = HCA
+    sliding_window: int = 128  # tokens of the SWA cache every layer keeps
+    head_dim: int = 512  # compressor state width (fp32 kv + score)
+    index_head_dim: int = 128  # the C4 indexer's key width
+
+
+@dataclass(frozen=True)
 class Model:
     """What to serve: where the weights come from and the facts the planner needs."""
 
@@ -22,6 +33,7 @@ class Model:
     attention_heads: int = 0
     weights_bytes: int = 0  # size of the checkpoint on disk == bytes loaded onto GPUs
     kv_bytes_per_token: int = 0  # KV cache bytes per token, all layers, at serve.kv_cache_dtype
+    kv_cache: KvCache | None = None  # structured cache (V4): replaces kv_bytes_per_token in the planner
     max_context: int = 0  # max_position_embeddings
     min_compute_capability: str = "0.0"  # "9.0"
 
@@ -44,6 +56,9 @@ class Serve:
     trust_remote_code: bool = False
     enable_expert_parallel: bool = False
     startup_timeout_s: int = 0  # 0 = sized from the weights
+    min_vllm_version: str | None = None  # refuse an older installed vLLM (exit 2)
+    max_num_batched_tokens: int | None = None  # tokens per scheduler step; None = vLLM's GPU default (8192)
+    deep_gemm_warmup: str | None = None  # full | relax | skip -> VLLM_DEEP_GEMM_WARMUP
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()  # sorted (name, value) pairs
 
