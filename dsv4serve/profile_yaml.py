@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,9 @@ import yaml
 from dsv4serve.errors import ProfileError
 
 _MAX_NODES = 20000  # alias bombs expand exponentially; real profiles have ~100 nodes
+MAX_DEPTH = 32  # real profiles nest 4 deep; deeper is a mistake (and Python recursion is finite)
+MAX_BYTES = 1 << 20  # real profiles are ~2 KB: never read a huge file whole
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 Loc = tuple[str, int]  # (file, line); line 0 = unknown
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
@@ -36,10 +41,16 @@ class LocatedList(list):
         self.where: list[Loc] = []
 
 
+def oneline(text: str, limit: int = 0) -> str:
+    """User text for a one-line message: control characters escaped, long text cut (limit > 0)."""
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+    return text if not limit or len(text) <= limit else text[: limit - 3] + "..."
+
+
 def fail(loc: Loc, path: str, problem: str, hint: str = "") -> ProfileError:
     """Build the one-line error: file:line: field.path: problem."""
     file, line = loc
-    place = f"{file}:{line}" if line else file
+    place = f"{oneline(file)}:{line}" if line else oneline(file)
     return ProfileError(f"{place}: {path}: {problem}" if path else f"{place}: {problem}", hint)
 
 
@@ -63,18 +74,40 @@ class MarkedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml pa
         self.count += 1
         if id(node) in stack or self.count > _MAX_NODES:
             raise fail(at, path, "recursive or exploding YAML aliases", "write the values out")
+        if len(stack) >= MAX_DEPTH:
+            raise fail(
+                at, path, f"nested deeper than {MAX_DEPTH} levels", "check the indentation and brackets"
+            )
         stack += (id(node),)
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
             raise fail(at, path or "(top level)", f"unsupported YAML tag {node.tag}", "remove the tag")
         if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)  # YAML merge keys (<<: *base)
-            out = LocatedMap(at)
-            for key_node, value_node in node.value:
-                key = self.construct_object(key_node, deep=True)
-                key_at = (self.file, key_node.start_mark.line + 1)
-                if not isinstance(key, str):
-                    raise fail(key_at, path or "(top level)", f"key {key!r} is not a string", STR_HINT)
-                if key in out:
+            return self._mapping(node, at, path, stack)
+        if isinstance(node, yaml.SequenceNode):
+            seq = LocatedList(at)
+            for i, item in enumerate(node.value):
+                seq.append(self.build(item, join(path, i), stack))
+                seq.where.append((self.file, item.start_mark.line + 1))
+            return seq
+        return self._scalar(node, at, path)
+
+    def _mapping(self, node: yaml.MappingNode, at: Loc, path: str, stack: tuple[int, ...]) -> LocatedMap:
+        """A mapping; YAML merge keys (<<: *base) give defaults that the mapping's own keys override."""
+        own = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
+        self.flatten_mapping(node)  # puts the merged pairs first
+        merged = len(node.value) - own
+        out = LocatedMap(at)
+        from_merge: set[str] = set()
+        for i, (key_node, value_node) in enumerate(node.value):
+            key_at = (self.file, key_node.start_mark.line + 1)
+            key = self._scalar(key_node, key_at, path) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                shown = oneline(repr(key), 40) if key is not None else "a collection"
+                raise fail(key_at, path or "(top level)", f"key {shown} is not a string", STR_HINT)
+            if key in out:
+                if i < merged:  # the first merged mapping that sets a key wins (YAML merge rules)
+                    continue
+                if key not in from_merge:
                     first = out.where[key][1]
                     raise fail(
                         key_at,
@@ -82,25 +115,37 @@ class MarkedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml pa
                         f"duplicate key (first set on line {first})",
                         "keep one of them",
                     )
-                out[key] = self.build(value_node, join(path, key), stack)
-                out.where[key] = key_at
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            seq = LocatedList(at)
-            for i, item in enumerate(node.value):
-                seq.append(self.build(item, join(path, i), stack))
-                seq.where.append((self.file, item.start_mark.line + 1))
-            return seq
-        return self.construct_object(node, deep=True)
+            if i < merged:
+                from_merge.add(key)
+            else:
+                from_merge.discard(key)
+            out[key] = self.build(value_node, join(path, key), stack)
+            out.where[key] = key_at
+        return out
+
+    def _scalar(self, node: yaml.Node, at: Loc, path: str) -> Any:
+        """A scalar as YAML types it; a value its tag cannot hold (!!int abc, 2024-13-45) is an error."""
+        try:
+            return self.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, LookupError, ArithmeticError) as err:
+            kind_ = node.tag.rsplit(":", 1)[-1]
+            text = str(node.value)
+            if kind_ == "int" and len(text) > 30:
+                problem = f"a {len(text)}-character integer is far too large"
+            else:
+                shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+                problem = f"{shown} is not a valid YAML {kind_} ({oneline(err, 80)})"
+            raise fail(
+                at, path or "(top level)", problem, f"quote it if it is text, or write a valid {kind_}"
+            ) from None
 
 
 def read_document(path: Path) -> LocatedMap:
     """Read one profile file into a located mapping (no `extends` resolution, no validation)."""
     file = str(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise fail((file, 0), "", f"cannot read: {err.strerror or err}", "check the path") from None
+    data = read_bounded(path, file)
     if b"\x00" in data:
         raise fail((file, 0), "", "binary data, not a YAML profile", "pass a .yaml profile file")
     try:
@@ -116,7 +161,7 @@ def read_document(path: Path) -> LocatedMap:
         doc = None if node is None else loader.build(node, "")
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
-        problem = " ".join(p for p in (err.context, err.problem) if p)
+        problem = oneline(" ".join(p for p in (err.context, err.problem) if p), 200)
         raise fail(
             (file, mark.line + 1 if mark else 0),
             "",
@@ -124,7 +169,9 @@ def read_document(path: Path) -> LocatedMap:
             "fix the YAML syntax (indentation, colons, quotes)",
         ) from None
     except yaml.YAMLError as err:
-        raise fail((file, 0), "", f"invalid YAML: {err}", "fix the YAML syntax") from None
+        raise fail((file, 0), "", f"invalid YAML: {oneline(err, 200)}", "fix the YAML syntax") from None
+    except RecursionError:  # merge keys (<<) that merge themselves, or nest beyond Python's stack
+        raise fail((file, 0), "", "YAML nested or merged too deeply", "write the values out") from None
     finally:
         loader.dispose()
     if doc is None:
@@ -137,6 +184,29 @@ def read_document(path: Path) -> LocatedMap:
             "write `name: ...`, `model: ...`, `serve: ...` at the top level",
         )
     return doc
+
+
+def read_bounded(path: Path, file: str) -> bytes:
+    """The bytes of a regular file of at most MAX_BYTES; never blocks on a FIFO or reads a device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise fail((file, 0), "", f"cannot read: {err.strerror or err}", "check the path") from None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if stat.S_ISDIR(mode):
+                raise fail((file, 0), "", "is a directory, not a profile file", "name a .yaml file")
+            if not stat.S_ISREG(mode):
+                raise fail(
+                    (file, 0), "", "is not a regular file (a FIFO, device or socket)", "name a .yaml file"
+                )
+            data = handle.read(MAX_BYTES + 1)
+    except OSError as err:
+        raise fail((file, 0), "", f"cannot read: {err.strerror or err}", "check the file") from None
+    if len(data) > MAX_BYTES:
+        raise fail((file, 0), "", f"larger than {MAX_BYTES >> 20} MiB: not a profile", "name a .yaml file")
+    return data
 
 
 def kind(value: Any) -> str:
