@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class KvCache:
-    """The KV-cache structure vLLM registers per layer (DeepSeek-V4; see shared/facts/deepseek-v4-kv-cache.md)."""
+    """The KV-cache structure vLLM registers per layer (DeepSeek-V4: shared/facts/deepseek-v4-kv-cache.md)."""
 
     layout: str  # "deepseek_v4", the only structured layout for now
     compress_ratios: tuple[int, ...]  # one per layer, MTP layers dropped: 0/1 = SWA only, 4 = CSA, 128 = HCA

@@ -85,7 +85,7 @@ def require_vllm(minimum: str | None, installed: str | None, profile: str) -> No
         )
     if have is None:
         raise UsageError(
-            f"cannot read the installed vLLM version {installed!r}; profile {profile} needs vLLM >= {minimum}",
+            f"cannot read the installed vLLM version {installed!r} (profile {profile} needs >= {minimum})",
             "reinstall vLLM from a release wheel",
         )
     if have < need:
