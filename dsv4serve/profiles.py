@@ -13,20 +13,73 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsv4serve.errors import ProfileError
+from dsv4serve.errors import DsvError, ProfileError
 from dsv4serve.profile_schema import LOADER_FIELDS, build, check
 from dsv4serve.profile_types import Profile
-from dsv4serve.profile_yaml import Loc, LocatedMap, fail, kind, read_document
+from dsv4serve.profile_yaml import Loc, LocatedMap, fail, kind, oneline, read_document
 
 SYSTEM_PROFILE_DIR = Path("/etc/dsv4serve/profiles")
 SUFFIXES = (".yaml", ".yml")
 SOURCE_KEYS = ("repo", "path", "generate")
+MAX_EXTENDS = 16  # real chains are 1-2 deep; a longer one is a mistake, and recursion is finite
+# What reading, merging or checking a profile may raise besides ProfileError: the OS (unreadable files,
+# symlink loops: RuntimeError before Python 3.13), recursion, and arithmetic on hostile values. Each one
+# still becomes a one-line ProfileError naming the file (exit 2), never an internal error.
+_LOAD_ERRORS = (OSError, RuntimeError, ValueError, ArithmeticError, LookupError, TypeError)
+
+
+def _resolved(path: Path) -> Path:
+    """path.resolve(), or the absolute path when resolving fails (a symlink loop, a bad name)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return Path(os.path.abspath(path))
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file() that answers False where the OS refuses to say (no permission, name too long)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _file_problem(path: Path) -> str:
+    """Why a path is not a profile file one can read, or "" when it is one."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError) as err:
+        if isinstance(err, FileNotFoundError) or getattr(err, "errno", 0) == errno.ENOTDIR:
+            return "not found"
+        return f"cannot be read: {getattr(err, 'strerror', None) or err}"
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a profile file"
+    return "is not a file (a FIFO, device or socket)"
+
+
+def _check_file(path: Path, shown: str, loc: Loc | None = None) -> None:
+    """A profile reference (a path argument, or `extends` at loc) must name a regular file."""
+    problem = _file_problem(path)
+    if not problem:
+        return
+    if loc is not None:
+        raise fail(
+            loc, "extends", f"parent file {oneline(shown)} {problem}", "give a path relative to this file"
+        )
+    problem = "no such profile file" if problem == "not found" else problem
+    raise ProfileError(
+        f"{oneline(shown)}: {problem}", "name a profile (see `dsv4serve profiles list`) or a .yaml file"
+    )
 
 
 def builtin_dir() -> Path:
@@ -46,10 +99,10 @@ def search_path(profile_dirs: Sequence[str] = ()) -> list[tuple[Path, str]]:
     entries += [(SYSTEM_PROFILE_DIR, "system")]
     builtin = builtin_dir()
     # A directory listed twice counts once; the built-in one keeps its label even when it is ./profiles.
-    seen = {builtin.resolve()}
+    seen = {_resolved(builtin)}
     unique = []
     for directory, origin in entries:
-        key = directory.resolve()
+        key = _resolved(directory)
         if key not in seen:
             seen.add(key)
             unique.append((directory, origin))
@@ -66,7 +119,7 @@ def _candidates(name: str, dirs: list[tuple[Path, str]]) -> list[tuple[Path, str
     for directory, origin in dirs:
         for suffix in SUFFIXES:
             file = directory / f"{name}{suffix}"
-            if file.is_file():
+            if _is_file(file):
                 found.append((file, origin))
                 break
     return found
@@ -75,8 +128,8 @@ def _candidates(name: str, dirs: list[tuple[Path, str]]) -> list[tuple[Path, str
 def _profile_files(directory: Path) -> list[Path]:
     """The profile files in one directory; an unreadable or missing directory holds none."""
     try:
-        return sorted(f for f in directory.iterdir() if f.suffix in SUFFIXES and f.is_file())
-    except OSError:
+        return sorted(f for f in directory.iterdir() if f.suffix in SUFFIXES and _is_file(f))
+    except (OSError, ValueError):
         return []
 
 
@@ -92,8 +145,7 @@ def locate_profile(
         dirs = search_path(profile_dirs)
     if _is_path(name_or_path):
         path = Path(name_or_path).expanduser()
-        if not path.is_file():
-            raise ProfileError(f"{name_or_path}: no such profile file", "check the path")
+        _check_file(path, name_or_path)
         return path, "path"
     found = _candidates(name_or_path, dirs)
     if not found:
@@ -101,7 +153,7 @@ def locate_profile(
         searched = ", ".join(str(d) for d, _ in dirs)
         hint = f"did you mean {close[0]}? " if close else ""
         raise ProfileError(
-            f"profile {name_or_path!r} not found",
+            f"profile {name_or_path[:80]!r} not found",
             f"{hint}see `dsv4serve profiles list`; searched: {searched}",
         )
     return found[0]
@@ -110,13 +162,12 @@ def locate_profile(
 def _parent_file(ref: str, child: Path, loc: Loc, dirs: list[tuple[Path, str]]) -> Path:
     """The file `extends: ref` in `child` means; a profile extending its own name gets the next one."""
     if _is_path(ref):
-        path = (child.parent / Path(ref).expanduser()).resolve()
-        if not path.is_file():
-            raise fail(loc, "extends", f"parent file {ref} not found", "give a path relative to this file")
-        return path
+        path = child.parent / Path(ref).expanduser()
+        _check_file(path, ref, loc)
+        return _resolved(path)
     found = [f for f, _ in _candidates(ref, dirs)]
-    me = child.resolve()
-    below = [f for f in found if f.resolve() == me]
+    me = _resolved(child)
+    below = [f for f in found if _resolved(f) == me]
     if below:  # the child is on the search path: only files after it can be its parent
         found = found[found.index(below[0]) + 1 :]
     if not found:
@@ -155,7 +206,10 @@ def _resolve(
     path: Path, dirs: list[tuple[Path, str]], stack: tuple[Path, ...]
 ) -> tuple[LocatedMap, list[str]]:
     """Read a file and merge in its `extends` chain; returns the merged mapping and parent names."""
-    doc = read_document(path)
+    try:
+        doc = read_document(path)
+    except _LOAD_ERRORS as err:  # read_document's own errors are ProfileErrors; this is the OS's
+        raise fail((str(path), 0), "", f"cannot read: {_describe(err)}", "check the file") from None
     doc.setdefault("name", path.stem)  # set before merging so a parent's name is never inherited
     doc.where.setdefault("name", (str(path), 0))
     if "extends" not in doc or doc["extends"] is None:
@@ -164,11 +218,18 @@ def _resolve(
     loc, ref = doc.where["extends"], doc.pop("extends")
     if not isinstance(ref, str) or not ref.strip():
         raise fail(loc, "extends", f"expected a profile name or path, got {kind(ref)}", "e.g. extends: flash")
+    if len(stack) + 1 >= MAX_EXTENDS:
+        raise fail(
+            loc,
+            "extends",
+            f"chain of more than {MAX_EXTENDS} profiles",
+            "extend a profile closer to the base",
+        )
     parent = _parent_file(ref, path, loc, dirs)
-    if parent.resolve() in stack + (path.resolve(),):
+    if _resolved(parent) in stack + (_resolved(path),):
         chain = " -> ".join(p.stem for p in stack + (path, parent))
-        raise fail(loc, "extends", f"cycle: {chain}", "remove one `extends` from the cycle")
-    base, chain = _resolve(parent, dirs, stack + (path.resolve(),))
+        raise fail(loc, "extends", f"cycle: {oneline(chain, 200)}", "remove one `extends` from the cycle")
+    base, chain = _resolve(parent, dirs, stack + (_resolved(path),))
     return _merge(_without_source(base, doc), doc), [parent.stem, *chain]
 
 
@@ -193,14 +254,50 @@ def _without_source(base: LocatedMap, child: LocatedMap) -> LocatedMap:
 
 
 def load_profile(name_or_path: str, profile_dirs: Sequence[str] = ()) -> Profile:
-    """Find a profile by name or path, resolve `extends`, validate, and return it frozen."""
+    """Find a profile by name or path, resolve `extends`, validate, and return it frozen.
+
+    The one error boundary of profile loading: whatever goes wrong is a one-line ProfileError that starts
+    with what the user named (a problem in a parent names the parent's file:line after it)."""
     dirs = search_path(profile_dirs)
     path, origin = locate_profile(name_or_path, dirs=dirs)
-    doc, chain = _resolve(path, dirs, ())
-    profile = build(Profile, doc, "", skip=LOADER_FIELDS)
-    profile = dataclasses.replace(profile, source=str(path), origin=origin, extends=tuple(chain))
-    check(profile, doc)
+    try:
+        doc, chain = _resolve(path, dirs, ())
+        profile = build(Profile, doc, "", skip=LOADER_FIELDS)
+        profile = dataclasses.replace(profile, source=str(path), origin=origin, extends=tuple(chain))
+        check(profile, doc)
+    except ProfileError as err:
+        raise _named(err, name_or_path, path) from None
+    except _LOAD_ERRORS as err:
+        problem = fail((str(path), 0), "", f"cannot load: {_describe(err)}", "check the profile's values")
+        raise _named(problem, name_or_path, path) from None
     return profile
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    text = getattr(err, "strerror", None) or str(err)
+    return oneline(f"{type(err).__name__}: {text}" if not isinstance(err, OSError) else text, 200)
+
+
+def _named(err: ProfileError, ref: str, path: Path) -> ProfileError:
+    """The error, starting with the profile the user named: the user's spelling of the file when the
+    problem is in it, else `ref: ` before the parent's file:line (validate's FAIL lines start so)."""
+    message, own = err.message, oneline(str(path))
+    if message.startswith(own + ":") and _is_path(ref):
+        message = oneline(ref) + message[len(own) :]
+    elif not message.startswith(own + ":"):
+        message = f"{oneline(ref, 200)}: {message}"
+    return ProfileError(message, err.hint)
+
+
+def shadowed(name_or_path: str, profile_dirs: Sequence[str] = ()) -> tuple[Path, list[Path]]:
+    """For a profile name: the file that wins and the files of that name it shadows further down the
+    search path (a ./profiles/flash.yaml over the built-in flash). Paths shadow nothing."""
+    if _is_path(name_or_path):
+        return Path(name_or_path), []
+    found = [file for file, _ in _candidates(name_or_path, search_path(profile_dirs))]
+    return (found[0], found[1:]) if found else (Path(name_or_path), [])
 
 
 def profile_to_dict(profile: Profile) -> dict[str, Any]:
@@ -245,7 +342,7 @@ def _entry(name: str, rank: int, found: list[tuple[Path, str]], profile_dirs: Se
     file, origin = found[rank]
     try:
         description, error = load_profile(str(file), profile_dirs).description, ""
-    except ProfileError as err:  # one broken file must not hide the others
+    except DsvError as err:  # one broken file must not hide the others
         description, error = "", err.message
     shadows = tuple(str(f) for f, _ in found[1:]) if rank == 0 else ()
     winner = str(found[0][0]) if rank else ""
