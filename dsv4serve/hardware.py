@@ -85,8 +85,13 @@ GPU_CATALOG: tuple[GpuModel, ...] = (
     GpuModel("RTX4090", "NVIDIA GeForce RTX 4090", 24564 * MiB, "8.9"),
 )
 
-_COUNT_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\S+)\s*$")
-_CUSTOM_RE = re.compile(r"^(\d+(?:\.\d+)?)(GiB|GB)@(\d+)\.(\d+)$", re.IGNORECASE)
+# A bounded grammar: ASCII digits only (int() takes "²" or "٣" and a 5,000-digit count), a few of them.
+_COUNT_RE = re.compile(r"^\s*([0-9]+)\s*[xX]\s*(\S+)\s*$")
+_CUSTOM_RE = re.compile(r"^([0-9]{1,5}(?:\.[0-9]{1,3})?)(GiB|GB)@([0-9]{1,2})\.([0-9]{1,2})$", re.IGNORECASE)
+_INDEX_RE = re.compile(r"^[0-9]{1,5}$")
+# More GPUs than any one server uses (8 nodes x 8 today); the planner's work grows with the count.
+MAX_GPUS = 1024
+MAX_GPU_GIB = 4096  # a custom GPU's memory: 1 GiB to 4 TiB
 _HARDWARE_HINT = (
     "plan for declared GPUs with --hardware 2xH200 (or 2x48GiB@8.9), or use the tiny profile on the CPU"
 )
@@ -109,16 +114,18 @@ def parse_hardware(spec: str) -> Inventory:
     if spec.strip().lower() == "cpu":
         return Inventory(gpus=(), source="declared")
     known = ", ".join(catalog_names())
+    shown = _shown(spec)
     match = _COUNT_RE.match(spec)
     if not match:
         raise UsageError(
-            f"--hardware {spec!r}: expected COUNTxGPU, e.g. 2xH200",
+            f"--hardware {shown}: expected COUNTxGPU, e.g. 2xH200",
             f"known GPUs: {known}; custom: 2x48GiB@8.9 (memory in GiB or GB, compute capability); or cpu",
         )
-    count = int(match.group(1))
-    if count < 1:
+    count = int(match.group(1)) if len(match.group(1)) <= 5 else MAX_GPUS + 1
+    if not 1 <= count <= MAX_GPUS:
         raise UsageError(
-            f"--hardware {spec!r}: the GPU count must be at least 1", "for no GPU: --hardware cpu"
+            f"--hardware {shown}: the GPU count must be 1 to {MAX_GPUS}",
+            "for no GPU: --hardware cpu" if count < 1 else "declare the GPUs one server uses",
         )
     name = match.group(2)
     model = find_model(name)
@@ -126,11 +133,15 @@ def parse_hardware(spec: str) -> Inventory:
         custom = _CUSTOM_RE.match(name)
         if not custom:
             raise UsageError(
-                f"--hardware {spec!r}: unknown GPU {name!r}",
+                f"--hardware {shown}: unknown GPU {_shown(name, 40)}",
                 f"known GPUs: {known}; or a custom one: {count}x48GiB@8.9 (memory, compute capability)",
             )
         size, unit, major, minor = custom.groups()
         memory = int(float(size) * (GiB if unit.lower() == "gib" else 10**9))
+        if not GiB <= memory <= MAX_GPU_GIB * GiB:
+            raise UsageError(
+                f"--hardware {shown}: GPU memory must be 1 to {MAX_GPU_GIB} GiB", "e.g. 2x48GiB@8.9"
+            )
         model = GpuModel(name, name, memory, f"{int(major)}.{int(minor)}")
     gpus = tuple(
         Gpu(
@@ -146,6 +157,11 @@ def parse_hardware(spec: str) -> Inventory:
         for i in range(count)
     )
     return Inventory(gpus=gpus, source="declared")
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """User text in a one-line message: quoted, control characters escaped, cut when long."""
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3]) + "..."
 
 
 def cpu_inventory() -> Inventory:
@@ -254,7 +270,7 @@ def visible_gpus(gpus: tuple[Gpu, ...], cuda_visible: str | None) -> tuple[Gpu, 
 def _match_gpu(gpus: tuple[Gpu, ...], token: str) -> Gpu | None:
     if not token:
         return None
-    if token.isdigit():
+    if _INDEX_RE.match(token):
         return next((g for g in gpus if g.index == int(token)), None)
     want = token.lower().removeprefix("gpu-")
     hits = [g for g in gpus if g.uuid and g.uuid.lower().removeprefix("gpu-").startswith(want)]
@@ -292,22 +308,27 @@ def select_gpus(inventory: Inventory, spec: str | None) -> Selection:
             )
         return Selection(chosen, notes)
     spec = spec.strip()
-    if spec.isdigit():
+    if _INDEX_RE.match(spec):
         return _select_count(gpus, int(spec))
     tokens = [t.strip() for t in spec.split(",") if t.strip()]
+    if not tokens:
+        raise UsageError(f"--gpus {_shown(spec)} names no GPU", "write a count (--gpus 2) or a list (0,1)")
     chosen_list: list[Gpu] = []
     for token in tokens:
         gpu = _match_gpu(gpus, token)
         if gpu is None:
-            shown = ", ".join(f"{g.index} ({g.uuid or g.name})" for g in gpus) or "none"
-            raise UsageError(f"--gpus {spec}: no visible GPU {token!r}", f"visible GPUs: {shown}")
+            shown = ", ".join(f"{g.index} ({g.uuid or g.name})" for g in gpus[:16]) or "none"
+            raise UsageError(
+                f"--gpus {_shown(spec)}: no visible GPU {_shown(token, 40)}", f"visible GPUs: {shown}"
+            )
         if gpu in chosen_list:
-            raise UsageError(f"--gpus {spec}: GPU {token} is named twice")
+            raise UsageError(f"--gpus {_shown(spec)}: GPU {_shown(token, 40)} is named twice")
         chosen_list.append(gpu)
     chosen = tuple(chosen_list)
     if len({g.name for g in chosen}) > 1:
         raise HardwareError(
-            f"--gpus {spec} mixes GPU models ({_describe_models(chosen)}); one server needs one model",
+            f"--gpus {_shown(spec)} mixes GPU models ({_describe_models(chosen)}); "
+            "one server needs one model",
             "choose GPUs of one model (see `dsv4serve gpus`)",
         )
     return Selection(chosen)
