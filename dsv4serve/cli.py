@@ -37,9 +37,9 @@ def _root(
 
 def _register() -> None:
     # Command modules import only light modules at top level, so --help stays fast.
-    from dsv4serve.commands import download, plan, profiles, serve
+    from dsv4serve.commands import download, plan, profiles, route, serve
 
-    for module in (profiles, plan, download, serve):
+    for module in (profiles, plan, download, serve, route):
         module.register(app)
 
 

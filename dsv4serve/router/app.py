@@ -1,0 +1,160 @@
+"""The router's ASGI app (Starlette): OpenAI-compatible endpoints that pass answers through as they come."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Any
+
+from dsv4serve.router import decide
+from dsv4serve.router.decide import Decision
+from dsv4serve.router.dispatch import ROUTER_MODEL, Router
+
+# Not forwarded: connection-level headers (RFC 9110 7.6.1), and those the ASGI server sets itself.
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer"}
+HOP_BY_HOP |= {"transfer-encoding", "upgrade", "date", "server"}
+# Pro answering one of these is down or overloaded: Flash answers instead.
+PRO_DOWN_STATUSES = (502, 503, 504)
+
+
+def create_app(router: Router):
+    """The Starlette app serving /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def chat(request):
+        return await proxy(router, request, "chat", "/v1/chat/completions")
+
+    async def completions(request):
+        return await proxy(router, request, "completions", "/v1/completions")
+
+    async def models(request):
+        data = [{"id": ROUTER_MODEL, "object": "model", "owned_by": "dsv4serve-route"}]
+        for name in ("flash", "pro"):
+            model = await router.model(name)
+            if model:
+                data.append({"id": model, "object": "model", "owned_by": f"dsv4serve-route ({name})"})
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(request):
+        # Serving needs Flash (it classifies and is every fallback); Pro down only moves traffic.
+        state = {name: await router.probe(name) for name in ("flash", "pro")}
+        ok = state["flash"]["up"]
+        body = {"status": "ok" if ok else "flash-unavailable", **{k: v["up"] for k, v in state.items()}}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def metrics(request):
+        content, media_type = router.metrics.render()
+        return Response(content, media_type=media_type)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await router.aclose()
+
+    routes = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _route_headers(decision: Decision) -> dict[str, str]:
+    headers = {"x-dsv4serve-route": decision.route, "x-dsv4serve-route-reason": decision.reason}
+    if decision.classifier_s:
+        headers["x-dsv4serve-classifier-ms"] = f"{decision.classifier_s * 1000:.1f}"
+    return headers
+
+
+def _error(status: int, message: str, kind: str, decision: Decision | None = None):
+    """An error in OpenAI's shape, with the route headers when a route was chosen."""
+    from starlette.responses import JSONResponse
+
+    body = {"error": {"message": message, "type": kind, "code": status}}
+    return JSONResponse(body, status_code=status, headers=_route_headers(decision) if decision else None)
+
+
+async def proxy(router: Router, request: Any, endpoint: str, path: str):
+    """Decide, then send the request to the chosen upstream and relay its answer chunk by chunk."""
+    t0 = time.perf_counter()
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return _error(400, "the request body is not a JSON object", "invalid_request_error")
+    decision = await router.decide(body, endpoint)
+    return await _send(router, decision, body, path, t0)
+
+
+async def _send(router: Router, decision: Decision, body: dict, path: str, t0: float):
+    import httpx
+    from starlette.responses import StreamingResponse
+
+    metrics = router.metrics
+    while True:
+        name = decision.route
+        model = await router.model(name)
+        if name == "pro" and model is None:  # Pro does not answer /v1/models: it is down or starting
+            router.mark_pro_down()
+            decision = decide.to_flash(decision, "pro's /v1/models did not answer")
+            continue
+        payload = {**body, "model": model} if model else body
+        request = router.client.build_request(
+            "POST",
+            router.url(name, path),
+            content=json.dumps(payload).encode(),
+            headers={"content-type": "application/json", **router.upstreams[name].headers()},
+        )
+        metrics.proxy_seconds.observe(time.perf_counter() - t0 - decision.classifier_s)
+        try:
+            resp = await router.client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+            metrics.upstream_errors.labels(name, "connect").inc()
+            if name == "pro":
+                router.mark_pro_down()
+                decision = decide.to_flash(decision, f"pro: {type(err).__name__}")
+                continue
+            return _error(
+                502, f"flash at {router.upstreams[name].base_url} refused", "upstream_error", decision
+            )
+        except httpx.TimeoutException:
+            metrics.upstream_errors.labels(name, "timeout").inc()
+            return _error(504, f"{name} did not answer in time", "upstream_timeout", decision)
+        except httpx.HTTPError as err:
+            metrics.upstream_errors.labels(name, "protocol").inc()
+            return _error(502, f"{name}: {type(err).__name__}", "upstream_error", decision)
+        if name == "pro" and resp.status_code in PRO_DOWN_STATUSES:
+            await resp.aclose()
+            metrics.upstream_errors.labels(name, f"http_{resp.status_code}").inc()
+            router.mark_pro_down()
+            decision = decide.to_flash(decision, f"pro answered HTTP {resp.status_code}")
+            continue
+        if resp.status_code >= 400:
+            metrics.upstream_errors.labels(name, f"http_{resp.status_code}").inc()
+        metrics.requests.labels(decision.route, decision.reason).inc()
+        headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers.update(_route_headers(decision))
+        return StreamingResponse(_relay(router, name, resp), status_code=resp.status_code, headers=headers)
+
+
+async def _relay(router: Router, name: str, resp: Any):
+    """The upstream's bytes as they arrive; a stream cut by the upstream ends with an error event."""
+    import httpx
+
+    try:
+        async for chunk in resp.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as err:
+        router.metrics.upstream_errors.labels(name, "stream").inc()
+        if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+            raise  # a plain body cut short: the client must see a broken connection, not a short answer
+        error = {"message": f"{name} stream broke: {type(err).__name__}", "type": "upstream_error"}
+        yield f"data: {json.dumps({'error': error})}\n\n".encode()
+    finally:
+        await resp.aclose()

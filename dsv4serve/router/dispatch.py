@@ -1,0 +1,133 @@
+"""The Router: the upstreams, their model names, the classifier call and the decision for a request."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+from dsv4serve.router import decide
+from dsv4serve.router.decide import Decision
+from dsv4serve.router.metrics import Metrics
+from dsv4serve.router.profile import RouterProfile
+from dsv4serve.router.upstreams import Upstream
+
+LOOKUP_TIMEOUT_S = 3.0  # /v1/models and /health of an upstream
+ROUTER_MODEL = "auto"  # the model name the router itself serves: "let the router choose"
+
+
+class Router:
+    """Holds one HTTP client pool for both upstreams and decides where each request goes."""
+
+    def __init__(
+        self, profile: RouterProfile, flash: Upstream, pro: Upstream, metrics: Metrics | None = None
+    ):
+        import httpx
+
+        self.profile = profile
+        self.upstreams = {"flash": flash, "pro": pro}
+        self.models: dict[str, str | None] = {"flash": flash.model, "pro": pro.model}
+        self.metrics = metrics or Metrics()
+        t = profile.timeouts
+        # No pool limit: the router must not queue what the upstream would batch (100+ streams at once).
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.read_s, pool=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            trust_env=False,  # local upstreams: an HTTP(S)_PROXY in the environment must not capture them
+        )
+        self.pro_down_until = 0.0
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def url(self, name: str, path: str) -> str:
+        return self.upstreams[name].base_url + path
+
+    async def model(self, name: str) -> str | None:
+        """The upstream's served model name: given, or the first of its /v1/models (cached once known)."""
+        if self.models[name]:
+            return self.models[name]
+        import httpx
+
+        upstream = self.upstreams[name]
+        try:
+            resp = await self.client.get(
+                self.url(name, "/v1/models"), headers=upstream.headers(), timeout=LOOKUP_TIMEOUT_S
+            )
+            resp.raise_for_status()
+            self.models[name] = resp.json()["data"][0]["id"]
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as err:
+            self.metrics.upstream_errors.labels(name, "models").inc()
+            kind = (
+                f"HTTP {err.response.status_code}" if isinstance(err, httpx.HTTPStatusError) else "no answer"
+            )
+            self.last_lookup_error = f"{name} {self.url(name, '/v1/models')}: {kind}"
+            return None
+        return self.models[name]
+
+    async def probe(self, name: str) -> dict[str, Any]:
+        """Whether an upstream answers /v1/models now, and its model: for start-up lines and /health."""
+        self.models[name] = self.upstreams[name].model  # ask again: an upstream may have restarted
+        model = await self.model(name)
+        return {"url": self.upstreams[name].base_url, "model": model, "up": model is not None}
+
+    def pro_known_down(self) -> bool:
+        return time.monotonic() < self.pro_down_until
+
+    def mark_pro_down(self) -> None:
+        self.pro_down_until = time.monotonic() + self.profile.timeouts.pro_retry_s
+        self.models["pro"] = self.upstreams["pro"].model  # a restarted Pro may serve another name
+
+    async def decide(self, body: dict, endpoint: str) -> Decision:
+        """Where a request goes: a pinned model name, a rule, or Flash's classification."""
+        requested = body.get("model")
+        for name in ("pro", "flash"):
+            if requested and requested == self.models[name]:
+                return Decision(name, "rule:model")
+        text = decide.request_text(body, endpoint)
+        rule = decide.matching_rule(self.profile, body, endpoint, text)
+        if rule is not None:
+            return Decision(rule.route, f"rule:{rule.name}")
+        if self.pro_known_down():  # no classifier call whose answer could not be followed
+            return Decision("flash", decide.PRO_UNAVAILABLE, "pro refused a connection recently")
+        return await self.classify(text)
+
+    async def classify(self, text: str) -> Decision:
+        """Ask Flash for the level with structured output; every failure falls back to Flash."""
+        t0 = time.perf_counter()
+        decision = await self._classify(text)
+        elapsed = time.perf_counter() - t0
+        self.metrics.classifier_seconds.observe(elapsed)
+        self.metrics.classifier_tokens.labels("prompt").inc(decision.prompt_tokens)
+        self.metrics.classifier_tokens.labels("completion").inc(decision.completion_tokens)
+        if decision.reason in (decide.TIMEOUT, decide.CLASSIFIER_ERROR, decide.PARSE_ERROR):
+            self.metrics.upstream_errors.labels("flash", f"classifier_{decision.reason}").inc()
+        return dataclasses.replace(decision, classifier_s=elapsed)
+
+    async def _classify(self, text: str) -> Decision:
+        import httpx
+
+        c = self.profile.classifier
+        model = await self.model("flash")
+        if model is None:
+            return Decision("flash", decide.CLASSIFIER_ERROR, "flash's /v1/models did not answer")
+        body = decide.classifier_body(c, model, text)
+        headers = self.upstreams["flash"].headers()
+        call = self.client.post(self.url("flash", "/v1/chat/completions"), json=body, headers=headers)
+        try:
+            resp = await asyncio.wait_for(call, timeout=c.timeout_s)
+        except asyncio.TimeoutError:
+            return Decision("flash", decide.TIMEOUT, f"no answer within {c.timeout_s:g} s")
+        except httpx.HTTPError as err:
+            return Decision("flash", decide.CLASSIFIER_ERROR, f"{type(err).__name__}")
+        if resp.status_code != 200:
+            return Decision("flash", decide.CLASSIFIER_ERROR, f"HTTP {resp.status_code}: {resp.text[:200]}")
+        try:
+            level, prompt_tokens, completion_tokens = decide.parse_level(c.method, resp.json())
+        except ValueError:
+            return Decision("flash", decide.PARSE_ERROR, f"not JSON: {resp.text[:200]!r}")
+        except decide.ParseFailure as err:
+            return Decision("flash", decide.PARSE_ERROR, str(err))
+        route = "pro" if level == "complex" else "flash"
+        return Decision(route, decide.CLASSIFIED[level], "", 0.0, prompt_tokens, completion_tokens)

@@ -1,0 +1,141 @@
+"""Running the router: bind the port, say where each upstream stands, serve with uvicorn; or explain one
+decision without serving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dsv4serve.errors import LaunchError, UsageError
+from dsv4serve.router import decide
+from dsv4serve.router.dispatch import ROUTER_MODEL, Router
+from dsv4serve.router.metrics import Metrics
+from dsv4serve.router.profile import RouterProfile
+from dsv4serve.router.upstreams import Upstream
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One routing decision, as `route --explain` prints it."""
+
+    route: str
+    reason: str
+    detail: str
+    classifier_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    flash_model: str | None
+    pro_model: str | None
+
+
+def require_stack() -> None:
+    """The ASGI stack comes with vLLM; a router-only install may lack it."""
+    missing = []
+    for module in ("starlette", "httpx", "uvicorn", "prometheus_client"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module.replace("_", "-"))
+    if missing:
+        raise UsageError(
+            f"`dsv4serve route` needs {', '.join(missing)}",
+            f"pip install {' '.join(missing)} (vLLM installs them too)",
+        )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else so a busy port fails at once (exit 5)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise UsageError(
+            f"--host {host}: {err.strerror}", "give an IP address or a resolvable name"
+        ) from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise LaunchError(
+                f"port {port} on {host} is already in use", f"pick another: --port {port + 1}"
+            ) from None
+        raise LaunchError(f"cannot bind {host}:{port}: {err.strerror}", "check --host and --port") from None
+    sock.listen(2048)  # 100+ clients connect at once under load
+    return sock
+
+
+def serve(
+    profile: RouterProfile,
+    flash: Upstream,
+    pro: Upstream,
+    sock: socket.socket,
+    on_ready: Callable[[dict], None],
+) -> None:
+    """Serve until SIGINT/SIGTERM. on_ready gets each upstream's state once the app has started."""
+    import uvicorn
+
+    from dsv4serve.router.app import create_app
+
+    router = Router(profile, flash, pro, Metrics())
+    app = create_app(router)
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app_):
+        async with inner(app_):
+            on_ready({name: await router.probe(name) for name in ("flash", "pro")})
+            yield
+
+    app.router.lifespan_context = lifespan
+    config = uvicorn.Config(
+        app,
+        log_level="warning",  # our own lines say what matters; uvicorn's access log would double the CPU
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=30,
+        backlog=2048,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def explain(
+    profile: RouterProfile, flash: Upstream, pro: Upstream | None, prompt: str, tools: bool
+) -> Explanation:
+    """Decide for one chat request without serving: the classifier call is real, nothing is forwarded.
+    Without Pro's URL, the decision is the classification alone."""
+
+    async def run() -> Explanation:
+        # A Pro that is never contacted stands in when none is given.
+        router = Router(profile, flash, pro or Upstream("pro", "http://127.0.0.1:9"), Metrics())
+        try:
+            body: dict = {"model": ROUTER_MODEL, "messages": [{"role": "user", "content": prompt}]}
+            if tools:
+                body["tools"] = [{"type": "function", "function": {"name": "example", "parameters": {}}}]
+            decision = await router.decide(body, "chat")
+            flash_model = await router.model("flash")
+            pro_model = None
+            if decision.route == "pro" and pro is not None:  # what would really happen: Pro may be down
+                pro_model = await router.model("pro")
+                if pro_model is None:
+                    decision = decide.to_flash(decision, "pro's /v1/models did not answer")
+            return Explanation(
+                decision.route,
+                decision.reason,
+                decision.detail,
+                round(decision.classifier_s * 1000, 1),
+                decision.prompt_tokens,
+                decision.completion_tokens,
+                flash_model,
+                pro_model,
+            )
+        finally:
+            await router.aclose()
+
+    return asyncio.run(run())
