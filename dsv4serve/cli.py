@@ -46,27 +46,58 @@ def _register() -> None:
 _register()
 
 
+# Click's exception base (typer >= 0.28 vendors click as typer._click: find it, not `import click`).
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _wants_json(args: list[str]) -> bool:
+    """--json among dsv4serve's own arguments (those after `--` go to vLLM)."""
+    own = args[: args.index("--")] if "--" in args else args
+    return "--json" in own
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app inside the one place that turns errors into messages and exit codes."""
+    """Entry point: run the app inside the one place that turns errors into messages and exit codes.
+
+    Every exit code is one of the README's table: 0, 2-5, 128+signal, vLLM's own once it was ready, and
+    1 only for a bug of ours. Under --json an error is JSON too."""
+    from dsv4serve import render
+    from dsv4serve.errors import EXIT_INTERNAL, EXIT_SIGNAL_BASE, EXIT_USAGE
+
+    args = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("DSV4SERVE_DEBUG") == "1"
+    as_json = _wants_json(args)
+    render.start()
+
+    def fail(message: str, hint: str, code: int, multiline: bool = False) -> None:
+        if as_json:
+            render.print_json_error(message, hint, code)
+        else:
+            render.print_error(message, hint, multiline=multiline)
+        sys.exit(code)
+
     try:
-        app(args=argv, prog_name="dsv4serve", standalone_mode=True)
+        code = app(args=args, prog_name="dsv4serve", standalone_mode=False)
     except DsvError as err:
         if debug:
             raise
-        from dsv4serve.render import print_error
-
-        print_error(err.message, err.hint)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        fail(err.message, err.hint, err.exit_code, err.multiline)
+    except _CLICK_ERROR as err:  # bad flags and values: click's words, our exit code
+        if as_json:
+            fail(err.format_message(), "see --help", EXIT_USAGE)
+        err.show()
+        sys.exit(EXIT_USAGE)
+    except (KeyboardInterrupt, typer.Abort):
+        sys.exit(EXIT_SIGNAL_BASE + 2)
+    except SystemExit as stop:
+        # typer turns a closed output pipe (`dsv4serve plan flash | head -1`) into exit 1; it is SIGPIPE.
+        sys.exit(EXIT_SIGNAL_BASE + 13 if stop.code == 1 else stop.code)
     except Exception as err:  # a bug of ours: say so in one line, traceback only on request
         if debug:
             raise
-        from dsv4serve.render import print_error
-
-        print_error(
+        fail(
             f"internal error: {type(err).__name__}: {err}",
             "run again with DSV4SERVE_DEBUG=1 for the traceback, and report it",
+            EXIT_INTERNAL,
         )
-        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -8,12 +8,23 @@ EXIT_USAGE = 2
 EXIT_NO_FIT = 3
 EXIT_DOWNLOAD = 4
 EXIT_LAUNCH = 5
+EXIT_INTERNAL = 1  # a bug of ours (README: report it); never for bad input
+# 128 + N: stopped by signal N before vLLM was ready (130 Ctrl-C, 141 output pipe closed, 143 SIGTERM).
+EXIT_SIGNAL_BASE = 128
+
+
+def oneline(text: object, limit: int = 0) -> str:
+    """User text for a one-line message: control characters (a newline in a file name) escaped, and
+    cut to `limit` characters when limit > 0."""
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+    return text if not limit or len(text) <= limit else text[: limit - 3] + "..."
 
 
 class DsvError(Exception):
     """A failure the user can act on: one line of message, one line of hint."""
 
     exit_code = EXIT_USAGE
+    multiline = False  # the message is one line; LaunchError's carries vLLM's last log lines
 
     def __init__(self, message: str, hint: str = "", exit_code: int | None = None):
         super().__init__(message)
@@ -51,3 +62,4 @@ class LaunchError(DsvError):
     """vLLM could not be started, did not become ready, or died."""
 
     exit_code = EXIT_LAUNCH
+    multiline = True

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from dsv4serve.errors import ProfileError
+from dsv4serve.errors import ProfileError, oneline
 
 _MAX_NODES = 20000  # alias bombs expand exponentially; real profiles have ~100 nodes
 MAX_DEPTH = 32  # real profiles nest 4 deep; deeper is a mistake (and Python recursion is finite)
@@ -39,12 +39,6 @@ class LocatedList(list):
         super().__init__()
         self.at = at
         self.where: list[Loc] = []
-
-
-def oneline(text: str, limit: int = 0) -> str:
-    """User text for a one-line message: control characters escaped, long text cut (limit > 0)."""
-    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
-    return text if not limit or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def fail(loc: Loc, path: str, problem: str, hint: str = "") -> ProfileError:

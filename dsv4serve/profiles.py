@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsv4serve.errors import DsvError, ProfileError
+from dsv4serve.errors import DsvError, ProfileError, oneline
 from dsv4serve.profile_schema import LOADER_FIELDS, build, check
 from dsv4serve.profile_types import Profile
-from dsv4serve.profile_yaml import Loc, LocatedMap, fail, kind, oneline, read_document
+from dsv4serve.profile_yaml import Loc, LocatedMap, fail, kind, read_document
 
 SYSTEM_PROFILE_DIR = Path("/etc/dsv4serve/profiles")
 SUFFIXES = (".yaml", ".yml")
@@ -306,6 +306,11 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
     data["serve"]["env"] = dict(profile.serve.env)
     data["serve"]["extra_args"] = list(profile.serve.extra_args)
     data["model"]["allow_patterns"] = list(profile.model.allow_patterns)
+    if profile.model.kv_cache:  # a structured cache's per-token figure is derived (long context)
+        from dsv4serve.memory_model import kv_layout
+
+        data["model"]["kv_cache"]["compress_ratios"] = list(profile.model.kv_cache.compress_ratios)
+        data["model"]["kv_bytes_per_token"] = round(kv_layout(profile).bytes_per_token)
     data["hardware"] = [dataclasses.asdict(rule) for rule in profile.hardware]
     data["extends"] = list(profile.extends)
     return data

@@ -3,25 +3,92 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
+from dsv4serve.errors import oneline
 
-def print_error(message: str, hint: str = "") -> None:
+# Whether a JSON document went to stdout in this process: an error after it goes to stderr, so stdout
+# stays exactly one JSON document.
+_json_written = False
+# Piped output is not cut or wrapped: wider than any line dsv4serve prints.
+PIPE_WIDTH = 1 << 20
+
+
+def start() -> None:
+    """A new command (tests run several in one process): nothing written yet."""
+    global _json_written
+    _json_written = False
+
+
+def print_error(message: str, hint: str = "", *, multiline: bool = False) -> None:
     """One line for what went wrong, one for what to do next; plain text, stderr."""
+    if not multiline:
+        message, hint = oneline(message), oneline(hint)
     sys.stderr.write(f"error: {message}\n")
     if hint:
         sys.stderr.write(f"hint: {hint}\n")
     sys.stderr.flush()
 
 
+def print_json_error(message: str, hint: str, exit_code: int) -> None:
+    """The error of a --json command as JSON: on stdout, or on stderr when stdout already has its one
+    document (a plan that does not fit: the plan, then exit 3)."""
+    error = {"error": {"message": message, "hint": hint, "exit_code": exit_code}}
+    stream = sys.stderr if _json_written else sys.stdout
+    stream.write(_dumps(error) + "\n")
+    stream.flush()
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    global _json_written
+    sys.stdout.write(_dumps(data) + "\n")
     sys.stdout.flush()
+    _json_written = True
+
+
+def _dumps(data: Any) -> str:
+    try:  # strict JSON: Infinity and NaN are not JSON, and parsers reject them
+        return json.dumps(data, indent=2, sort_keys=False, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(data), indent=2, sort_keys=False, default=str)
+
+
+def _finite(data: Any) -> Any:
+    """Non-finite floats as null (the profile checks keep them out; this is the last line of defence)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+def note(text: str) -> None:
+    """A one-line notice on stderr (stdout stays for results and JSON)."""
+    sys.stderr.write(f"note: {oneline(text)}\n")
+    sys.stderr.flush()
 
 
 def console(stderr: bool = False):
-    """A Rich console bound to the current stdout/stderr (so tests capturing them see the output)."""
+    """A Rich console bound to the current stdout/stderr (so tests capturing them see the output).
+
+    User text (descriptions, paths, extra args) reaches it, so nothing is read as markup ([/] would
+    crash, [x] vanish) or emoji (:fire:), and piped output is neither cut nor wrapped at 80 columns."""
     from rich.console import Console
 
-    return Console(file=sys.stderr if stderr else sys.stdout, highlight=False, soft_wrap=True)
+    file = sys.stderr if stderr else sys.stdout
+    try:
+        piped = not file.isatty()
+    except (AttributeError, ValueError):
+        piped = True
+    return Console(
+        file=file,
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+        emoji=False,
+        width=PIPE_WIDTH if piped else None,
+    )
