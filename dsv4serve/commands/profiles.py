@@ -42,7 +42,9 @@ def list_command(json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> No
         return
     from rich.table import Table
 
-    table = Table("name", "origin", "path", "description", box=None, pad_edge=False)
+    table = Table(box=None, pad_edge=False)
+    for column in ("name", "origin", "path", "description"):
+        table.add_column(column, overflow="fold")  # a narrow terminal folds a path, never cuts it
     for e in entries:
         if e.shadowed_by:
             table.add_row(
@@ -58,10 +60,11 @@ def list_command(json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> No
 def show_command(name: ProfileArg, json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> None:
     """Show a profile after `extends` is merged and every field is validated."""
     from dsv4serve.profiles import load_profile, profile_to_dict
+    from dsv4serve.redact import masked_profile
     from dsv4serve.render import console, print_json
 
     profile = load_profile(name, profile_dir or ())
-    data = profile_to_dict(profile)
+    data = masked_profile(profile_to_dict(profile))
     if json:
         print_json(data)
         return
@@ -73,7 +76,7 @@ def show_command(name: ProfileArg, json: JsonOpt = False, profile_dir: ProfileDi
     out.print(f"from {profile.source} ({profile.origin}); extends chain: {chain}")
     out.print(_facts_line(profile))
     body = {k: data[k] for k in ("cpu_ok", "model", "serve", "hardware")}
-    out.print(yaml.safe_dump(body, sort_keys=False, default_flow_style=None).rstrip(), markup=False)
+    out.print(yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=1 << 20).rstrip())
 
 
 def _facts_line(profile) -> str:
@@ -98,7 +101,7 @@ def _count(n: int) -> str:
 
 def validate_command(files: FilesArg, json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> None:
     """Check profile files; exit 0 when all are valid, 2 otherwise."""
-    from dsv4serve.errors import ProfileError
+    from dsv4serve.errors import DsvError, oneline
     from dsv4serve.profiles import load_profile
     from dsv4serve.render import console, print_json
 
@@ -107,8 +110,11 @@ def validate_command(files: FilesArg, json: JsonOpt = False, profile_dir: Profil
         try:
             profile = load_profile(file, profile_dir or ())
             results.append({"file": file, "ok": True, "name": profile.name, "error": "", "hint": ""})
-        except ProfileError as err:
-            results.append({"file": file, "ok": False, "name": "", "error": err.message, "hint": err.hint})
+        except DsvError as err:  # one bad file must not stop the batch
+            # Every FAIL line starts with the file the user named, then where the problem is.
+            shown = oneline(file)
+            message = err.message if err.message.startswith(shown) else f"{shown}: {err.message}"
+            results.append({"file": file, "ok": False, "name": "", "error": message, "hint": err.hint})
     valid = all(r["ok"] for r in results)
     if json:
         print_json({"valid": valid, "results": results})
@@ -116,10 +122,10 @@ def validate_command(files: FilesArg, json: JsonOpt = False, profile_dir: Profil
         out = console()
         for r in results:
             if r["ok"]:
-                out.print(f"OK    {r['file']} ({r['name']})", markup=False)
+                out.print(f"OK    {oneline(r['file'])} ({r['name']})")
             else:
-                out.print(f"FAIL  {r['error']}", markup=False)
-                out.print(f"      hint: {r['hint']}", markup=False)
-        out.print(f"{sum(r['ok'] for r in results)} of {len(results)} valid", markup=False)
+                out.print(f"FAIL  {oneline(r['error'])}")
+                out.print(f"      hint: {oneline(r['hint'])}")
+        out.print(f"{sum(r['ok'] for r in results)} of {len(results)} valid")
     if not valid:
         raise typer.Exit(EXIT_USAGE)
