@@ -14,8 +14,9 @@ from dsv4serve.router.dispatch import ROUTER_MODEL, Router
 # Not forwarded: connection-level headers (RFC 9110 7.6.1), and those the ASGI server sets itself.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer"}
 HOP_BY_HOP |= {"transfer-encoding", "upgrade", "date", "server"}
-# Pro answering one of these is down or overloaded: Flash answers instead.
-PRO_DOWN_STATUSES = (502, 503, 504)
+# Pro answering one of these is down, overloaded or refuses the router's key: Flash answers instead (the
+# client could not fix any of them), and the upstream error counter says which it was.
+PRO_FALLBACK_STATUSES = (401, 403, 502, 503, 504)
 
 
 def create_app(router: Router):
@@ -102,7 +103,7 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
         model = await router.model(name)
         if name == "pro" and model is None:  # Pro does not answer /v1/models: it is down or starting
             router.mark_pro_down()
-            decision = decide.to_flash(decision, "pro's /v1/models did not answer")
+            decision = decide.to_flash(decision, f"pro: {router.errors.get('pro')}")
             continue
         payload = {**body, "model": model} if model else body
         request = router.client.build_request(
@@ -129,7 +130,7 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
         except httpx.HTTPError as err:
             metrics.upstream_errors.labels(name, "protocol").inc()
             return _error(502, f"{name}: {type(err).__name__}", "upstream_error", decision)
-        if name == "pro" and resp.status_code in PRO_DOWN_STATUSES:
+        if name == "pro" and resp.status_code in PRO_FALLBACK_STATUSES:
             await resp.aclose()
             metrics.upstream_errors.labels(name, f"http_{resp.status_code}").inc()
             router.mark_pro_down()

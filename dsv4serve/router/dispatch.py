@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from typing import Any
@@ -37,6 +38,7 @@ class Router:
             trust_env=False,  # local upstreams: an HTTP(S)_PROXY in the environment must not capture them
         )
         self.pro_down_until = 0.0
+        self.errors: dict[str, str] = {}  # the last failed lookup of each upstream
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -44,10 +46,8 @@ class Router:
     def url(self, name: str, path: str) -> str:
         return self.upstreams[name].base_url + path
 
-    async def model(self, name: str) -> str | None:
-        """The upstream's served model name: given, or the first of its /v1/models (cached once known)."""
-        if self.models[name]:
-            return self.models[name]
+    async def lookup(self, name: str) -> str | None:
+        """The first model of the upstream's /v1/models, or None (and why, in self.errors[name])."""
         import httpx
 
         upstream = self.upstreams[name]
@@ -55,22 +55,36 @@ class Router:
             resp = await self.client.get(
                 self.url(name, "/v1/models"), headers=upstream.headers(), timeout=LOOKUP_TIMEOUT_S
             )
-            resp.raise_for_status()
-            self.models[name] = resp.json()["data"][0]["id"]
-        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as err:
-            self.metrics.upstream_errors.labels(name, "models").inc()
-            kind = (
-                f"HTTP {err.response.status_code}" if isinstance(err, httpx.HTTPStatusError) else "no answer"
-            )
-            self.last_lookup_error = f"{name} {self.url(name, '/v1/models')}: {kind}"
-            return None
+        except httpx.HTTPError as err:
+            error, kind = f"no answer from /v1/models ({type(err).__name__})", "models_unreachable"
+        else:
+            if resp.status_code == 200:
+                with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+                    return str(resp.json()["data"][0]["id"])
+                error, kind = "/v1/models names no model", "models_bad_answer"
+            else:
+                hint = ": check its key" if resp.status_code in (401, 403) else ""
+                error, kind = (
+                    f"HTTP {resp.status_code} from /v1/models{hint}",
+                    f"models_http_{resp.status_code}",
+                )
+        self.metrics.upstream_errors.labels(name, kind).inc()
+        self.errors[name] = error
+        return None
+
+    async def model(self, name: str) -> str | None:
+        """The upstream's served model name: given, or looked up once and kept."""
+        if self.models[name] is None:
+            self.models[name] = await self.lookup(name)
         return self.models[name]
 
     async def probe(self, name: str) -> dict[str, Any]:
         """Whether an upstream answers /v1/models now, and its model: for start-up lines and /health."""
-        self.models[name] = self.upstreams[name].model  # ask again: an upstream may have restarted
-        model = await self.model(name)
-        return {"url": self.upstreams[name].base_url, "model": model, "up": model is not None}
+        found = await self.lookup(name)  # asked again each time: an upstream may have restarted
+        model = self.upstreams[name].model or found
+        self.models[name] = model
+        error = None if found else self.errors[name]
+        return {"url": self.upstreams[name].base_url, "model": model, "up": found is not None, "error": error}
 
     def pro_known_down(self) -> bool:
         return time.monotonic() < self.pro_down_until
@@ -111,7 +125,7 @@ class Router:
         c = self.profile.classifier
         model = await self.model("flash")
         if model is None:
-            return Decision("flash", decide.CLASSIFIER_ERROR, "flash's /v1/models did not answer")
+            return Decision("flash", decide.CLASSIFIER_ERROR, f"flash: {self.errors.get('flash')}")
         body = decide.classifier_body(c, model, text)
         headers = self.upstreams["flash"].headers()
         call = self.client.post(self.url("flash", "/v1/chat/completions"), json=body, headers=headers)

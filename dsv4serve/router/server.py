@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,7 +103,24 @@ def serve(
         timeout_keep_alive=30,
         backlog=2048,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again under the handlers that were
+    # there before it ran. These make that a clean return (exit 0, as `up` after Ctrl-C), not a kill.
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except _Stopped:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop(signum, frame) -> None:
+    raise _Stopped(signum)
 
 
 def explain(
@@ -124,7 +142,7 @@ def explain(
             if decision.route == "pro" and pro is not None:  # what would really happen: Pro may be down
                 pro_model = await router.model("pro")
                 if pro_model is None:
-                    decision = decide.to_flash(decision, "pro's /v1/models did not answer")
+                    decision = decide.to_flash(decision, f"pro: {router.errors.get('pro')}")
             return Explanation(
                 decision.route,
                 decision.reason,
