@@ -11,7 +11,6 @@ import collections
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -26,40 +25,13 @@ from pathlib import Path
 
 from dsv4serve import procs
 from dsv4serve.errors import LaunchError
+from dsv4serve.startup_log import PHASES, OutputReader, Step, exit_hint
+
+__all__ = ["PHASES", "Event", "LaunchSpec", "Server", "run_server", "running_server", "startup_timeout"]
 
 TAIL_LINES = 40
 STARTUP_GRACE_S = 3.0  # SIGTERM -> SIGKILL while vLLM is still starting
 GPU_SLACK_BYTES = 512 * 2**20  # other tenants come and go; more than this is ours
-
-# Startup phases, recognised in vLLM's log; each is reported once, in order of first appearance.
-PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("loading weights", re.compile(r"Starting to load model|Loading weights|Loading safetensors")),
-    ("KV cache allocation", re.compile(r"KV cache|# (?:CPU|GPU|cpu|gpu) blocks|num_gpu_blocks")),
-    # Not "cudagraph": vLLM's engine config line names cudagraph_mode long before any capture.
-    (
-        "graph capture",
-        re.compile(r"Capturing CUDA graphs?|Capturing cudagraphs|Compiling a graph|torch\.compile takes"),
-    ),
-    ("API server", re.compile(r"Starting vLLM (?:API )?server|Application startup complete")),
-)
-
-# Log lines that explain an early exit -> a hint (first match wins), like huggingface_hub's _errors.
-HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (
-        re.compile(r"unrecognized arguments|invalid choice|error: argument"),
-        "vLLM rejected an argument: check the extra arguments after `--` and the profile's serve.extra_args",
-    ),
-    (re.compile(r"Address already in use|Errno 98"), "the port is taken: pick another with --port"),
-    (
-        re.compile(r"out of memory|OutOfMemory|Not enough memory|larger than the available KV cache", re.I),
-        "not enough memory: lower --max-model-len or use more GPUs (see `dsv4serve plan`)",
-    ),
-    (
-        re.compile(r"safetensor|HeaderTooLarge|Error while deserializing|config\.json|not a valid", re.I),
-        "the checkpoint looks incomplete or corrupt: run `dsv4serve download` again",
-    ),
-)
-DEFAULT_HINT = "read the log above; run `dsv4serve plan` to check the settings"
 
 
 @dataclass(frozen=True)
@@ -81,7 +53,8 @@ class LaunchSpec:
 
 @dataclass(frozen=True)
 class Event:
-    """What the launcher reports: kind is command, started, log, phase, ready, stopping, stopped, warning."""
+    """What the launcher reports: command, started, log, phase, progress, ready, stopping, stopped,
+    warning."""
 
     kind: str
     text: str
@@ -100,20 +73,31 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.pgid: int | None = None
         self.tmpdir: str | None = None
-        self.phase = "starting"
         self.ready_s: float | None = None
         self._t0 = 0.0
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._log = None
         self._drain: threading.Thread | None = None
         self._watchdog: subprocess.Popen | None = None
-        self._phases_seen: set[str] = set()
+        self._output = OutputReader()
         self._stopped = False
 
     @property
     def base_url(self) -> str:
         host = procs.connect_host(self.spec.host)
         return f"http://[{host}]:{self.spec.port}" if ":" in host else f"http://{host}:{self.spec.port}"
+
+    @property
+    def phase(self) -> str:
+        return "ready" if self.ready_s is not None else self._output.tracker.phase
+
+    @property
+    def phase_times(self) -> dict[str, float]:
+        """Seconds from the start to the beginning of each phase seen, in order; "ready" last."""
+        times = dict(self._output.tracker.phase_times)
+        if self.ready_s is not None:
+            times["ready"] = round(self.ready_s, 2)
+        return times
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0 if self._t0 else 0.0
@@ -188,7 +172,7 @@ class Server:
             healthy = healthy or self._get("/health") == 200
             if healthy and self._one_token(max(1.0, deadline - time.monotonic())):
                 self.ready_s = self.elapsed()
-                self._set_phase("ready")
+                self._emit("phase", "ready")
                 self._emit("ready", self.base_url)
                 return self.ready_s
             time.sleep(self.spec.probe_interval_s)
@@ -248,31 +232,33 @@ class Server:
         with contextlib.suppress(Exception):
             self._notify(Event(kind, text, self.elapsed()))
 
-    def _set_phase(self, name: str) -> None:
-        if name not in self._phases_seen:
-            self._phases_seen.add(name)
-            self.phase = name
-            self._emit("phase", name)
-
     def _drain_output(self) -> None:
+        # read1, not readline: a progress bar redraws with CR for minutes before its newline comes.
         assert self.proc is not None and self.proc.stdout is not None
-        for raw in iter(self.proc.stdout.readline, b""):
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            line = line.rsplit("\r", 1)[-1]  # a progress bar's last state
-            self._tail.append(line)
-            log = self._log  # read once: stop() may close it and set None if this thread lingers
-            if log is not None:
-                try:
-                    log.write(line + "\n")
-                    log.flush()
-                except (OSError, ValueError):
-                    pass
-            if self.ready_s is None:
-                for name, pattern in PHASES:
-                    if name not in self._phases_seen and pattern.search(line):
-                        self._set_phase(name)
-            self._emit("log", line)
+        while chunk := self.proc.stdout.read1(65536):
+            for step in self._output.feed(chunk, self.elapsed(), track=self.ready_s is None):
+                self._take(step)
+        for step in self._output.close(self.elapsed(), track=self.ready_s is None):
+            self._take(step)
         self.proc.stdout.close()
+
+    def _take(self, step: Step) -> None:
+        if step.phase:
+            self._emit("phase", step.phase)
+        if step.progress:
+            self._emit("progress", step.progress)
+        if step.log is None:
+            return
+        self._tail.append(step.log)
+        log = self._log  # read once: stop() may close it and set None if this thread lingers
+        if log is not None:
+            try:
+                log.write(step.log + "\n")
+                log.flush()
+            except (OSError, ValueError):
+                pass
+        if not step.redraw:  # the console has the progress line for it
+            self._emit("log", step.log)
 
     def _drain_join(self, timeout_s: float) -> None:
         if self._drain is not None:
@@ -310,7 +296,7 @@ class Server:
 
     def _early_exit_error(self, code: int) -> LaunchError:
         tail = self._tail_text()
-        hint = next((h for pattern, h in HINTS if pattern.search(tail)), DEFAULT_HINT)
+        hint = exit_hint(tail)
         return LaunchError(
             f"vLLM exited with code {code} during startup (after {self.elapsed():.1f} s, "
             f"phase: {self.phase}); its last {TAIL_LINES} log lines:\n{tail}",

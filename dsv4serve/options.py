@@ -37,6 +37,14 @@ CudaGraphsOpt = Annotated[
     typer.Option("--cuda-graphs/--enforce-eager", help="CUDA graphs on or off (default: the profile's)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+WarmupOpt = Annotated[
+    Optional[str],  # noqa: UP045 - None means "the profile's, else relax"
+    typer.Option(
+        "--warmup",
+        help="DeepGEMM warmup at start (VLLM_DEEP_GEMM_WARMUP): relax (default), full or skip; "
+        "the plan notes the trade-off.",
+    ),
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

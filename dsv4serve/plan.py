@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from dsv4serve.errors import HardwareError, UsageError
 from dsv4serve.hardware import GPU_CATALOG, GiB, Gpu, gib, gpu_to_dict
+from dsv4serve.jit_cache import startup_env
 from dsv4serve.memory_model import (
     ACTIVATION_BYTES,
     CPU_BASE_BYTES,
@@ -179,6 +180,13 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
         problems.insert(0, verdict)
     env = dict(profile.serve.env)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid or str(g.index) for g in best.gpus)
+    env, warmup_notes = startup_env(
+        env,
+        overrides.deep_gemm_warmup or profile.serve.deep_gemm_warmup,
+        overrides.jit_cache_env,
+        uses_deep_gemm=profile.model.kv_cache is not None,  # V4's FP8 GEMMs run on DeepGEMM
+    )
+    notes += warmup_notes
     args = vllm_args(profile, model, overrides, best.tp, best.max_len, graphs, best.utilization)
     return Plan(
         profile=profile.name,

@@ -30,7 +30,7 @@ def plan_cpu(
     total = (weights + kv_space_gib * GiB) * tp + overhead
     if host_memory and total > host_memory:
         problems.append(f"needs {gib(total)} of RAM; the host has {gib(host_memory)}")
-    env = dict(profile.serve.env)
+    env = {**dict(overrides.jit_cache_env), **dict(profile.serve.env)}  # the CPU build compiles too
     env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_space_gib)
     if tp > 1:
         # vLLM's CPU build binds one OpenMP thread group per rank (else "Not enough allowed NUMA nodes").

@@ -19,6 +19,10 @@ class Overrides:
     tensor_parallel_size: int | None = None  # None = chosen by the planner
     extra_args: tuple[str, ...] = ()  # appended verbatim, last
     device: str | None = None  # "cuda" | "cpu"; None = cuda when GPUs are given, else cpu
+    # JIT cache variables for vLLM's env (jit_cache.cache_env: those the user set are left out) and the
+    # DeepGEMM warmup (--warmup or the user's VLLM_DEEP_GEMM_WARMUP; None = the profile's or relax).
+    jit_cache_env: tuple[tuple[str, str], ...] = ()
+    deep_gemm_warmup: str | None = None
 
 
 @dataclass(frozen=True)

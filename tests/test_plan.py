@@ -274,7 +274,8 @@ def test_plan_to_dict_is_json_with_the_contract_keys():
 def test_shell_line_round_trips():
     plan = plan_for("flash", "2xH200", extra_args=("--chat-template", "a b"))
     words = shlex.split(shell_line(plan))
-    assert words[0] == "CUDA_VISIBLE_DEVICES=0,1" and words[1:] == ["vllm", "serve", *plan.args]
+    assert words[:2] == ["CUDA_VISIBLE_DEVICES=0,1", "VLLM_DEEP_GEMM_WARMUP=relax"]
+    assert words[2:] == ["vllm", "serve", *plan.args]
 
 
 # --- the command ---------------------------------------------------------------------------------

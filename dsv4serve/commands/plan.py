@@ -20,6 +20,7 @@ from dsv4serve.options import (
     PortOpt,
     ProfileArg,
     ProfileDirOpt,
+    WarmupOpt,
 )
 
 DeviceOpt = Annotated[
@@ -89,6 +90,7 @@ def plan_from_options(
     extra_args: Sequence[str] = (),
     model_location: str | None = None,
     device: str | None = None,
+    warmup: str | None = None,
 ):
     """Load the profile, take stock of the GPUs, select them, and plan: returns (profile, plan)."""
     from dsv4serve.hardware import select_gpus
@@ -107,6 +109,7 @@ def plan_from_options(
         tensor_parallel_size=tensor_parallel_size,
         extra_args=tuple(extra_args),
         device=device or ("cpu" if not inventory.gpus else None),
+        **startup_overrides(warmup),
     )
     plan = make_plan(
         profile,
@@ -118,6 +121,22 @@ def plan_from_options(
     if notes or selection.notes:
         plan = dataclasses.replace(plan, notes=(*notes, *selection.notes, *plan.notes))
     return profile, plan
+
+
+def startup_overrides(warmup: str | None) -> dict:
+    """The JIT cache env and the DeepGEMM warmup for Overrides; the user's own environment wins."""
+    import os
+
+    from dsv4serve import jit_cache
+
+    if warmup is not None:
+        jit_cache.check_warmup(warmup, "--warmup")
+    elif os.environ.get(jit_cache.WARMUP_VAR):
+        warmup = jit_cache.check_warmup(os.environ[jit_cache.WARMUP_VAR], jit_cache.WARMUP_VAR)
+    return {
+        "jit_cache_env": jit_cache.cache_env(jit_cache.default_root(), os.environ),
+        "deep_gemm_warmup": warmup,
+    }
 
 
 def ensure_fits(plan) -> None:
@@ -245,6 +264,7 @@ def register(app: typer.Typer) -> None:
         cuda_graphs: CudaGraphsOpt = None,
         tensor_parallel_size: TensorParallelOpt = None,
         device: DeviceOpt = None,
+        warmup: WarmupOpt = None,
         profile_dir: ProfileDirOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -261,6 +281,7 @@ def register(app: typer.Typer) -> None:
             tensor_parallel_size=tensor_parallel_size,
             extra_args=ctx.args,
             device=device,
+            warmup=warmup,
         )
         render_plan(plan, as_json)
         ensure_fits(plan)

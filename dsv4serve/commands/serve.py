@@ -24,6 +24,7 @@ from dsv4serve.options import (
     PortOpt,
     ProfileArg,
     ProfileDirOpt,
+    WarmupOpt,
 )
 
 TimeoutOpt = Annotated[
@@ -67,9 +68,11 @@ def prepare_launch(
     allow_download: bool = True,
     progress: bool = True,
     as_json: bool = False,
+    warmup: str | None = None,
 ):
     """Plan (the planner's argv), make the weights local, and build the LaunchSpec: (plan, spec|None)."""
     from dsv4serve.commands.plan import ensure_fits, plan_from_options, render_plan
+    from dsv4serve.jit_cache import ensure_dirs
     from dsv4serve.launch import LaunchSpec, startup_timeout
     from dsv4serve.weights import fetch_weights
 
@@ -89,6 +92,7 @@ def prepare_launch(
         host=host,
         port=port,
         extra_args=tuple(extra_args),
+        warmup=warmup,
     )
     profile, plan = plan_from_options(profile_name, **options)
     if dry_run:
@@ -100,6 +104,7 @@ def prepare_launch(
     if str(path) != plan.model:  # plan again with the local directory vLLM will load
         profile, plan = plan_from_options(profile_name, model_location=str(path), **options)
         ensure_fits(plan)
+    ensure_dirs(plan.env)  # the JIT caches outlive the run: later starts load instead of compiling
     env = dict(plan.env)
     env.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local: vLLM must not reach for the hub
     before = ()
@@ -140,7 +145,7 @@ def terminal_notify(quiet_log: bool = False):
                 sys.stderr.write(event.text + "\n")
         elif event.kind == "command":
             sys.stderr.write(f"dsv4serve: $ {event.text}\n")
-        elif event.kind == "phase":
+        elif event.kind in ("phase", "progress"):
             sys.stderr.write(f"dsv4serve: [{event.elapsed_s:7.1f} s] {event.text}\n")
         elif event.kind in ("started", "stopping", "stopped", "warning"):
             prefix = "warning: " if event.kind == "warning" else ""
@@ -219,6 +224,7 @@ def register(app: typer.Typer) -> None:
         timeout: TimeoutOpt = None,
         dry_run: DryRunOpt = False,
         no_download: NoDownloadOpt = False,
+        warmup: WarmupOpt = None,
         profile_dir: ProfileDirOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -241,6 +247,7 @@ def register(app: typer.Typer) -> None:
             allow_download=not no_download,
             progress=not as_json,
             as_json=as_json,
+            warmup=warmup,
         )
         if spec is None:
             return
@@ -255,6 +262,7 @@ def register(app: typer.Typer) -> None:
                         "endpoint": url + "/v1",
                         "model": model,
                         "ready_s": round(server.ready_s, 2),
+                        "phases": server.phase_times,  # seconds from start to each phase's beginning
                         "pid": server.pgid,
                         "log": str(spec.log_path),
                     }
@@ -275,6 +283,7 @@ def register(app: typer.Typer) -> None:
         gpus: GpusOpt = None,
         port: PortOpt = DEFAULT_PORT,
         timeout: TimeoutOpt = None,
+        warmup: WarmupOpt = None,
         profile_dir: ProfileDirOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -291,6 +300,7 @@ def register(app: typer.Typer) -> None:
             port=port,
             timeout=timeout,
             progress=not as_json,
+            warmup=warmup,
         )
         try:
             with running_server(spec, terminal_notify()) as server:
@@ -298,6 +308,7 @@ def register(app: typer.Typer) -> None:
                     "profile": profile,
                     "model": spec.served_model_name,
                     "ready_s": round(server.ready_s, 2),
+                    "phases": server.phase_times,
                 }
                 result.update(chat_once(server.base_url, spec.served_model_name))
         except procs.Stopped as stop:
