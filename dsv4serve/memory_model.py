@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 
 from dsv4serve.hardware import GiB, MiB
+from dsv4serve.kv_v4 import V4Layout, in_flight_tokens, v4_layout
+from dsv4serve.plan_types import KvSummary
+from dsv4serve.profile_types import Profile
 
 # Per-GPU memory vLLM needs besides weights and KV cache. vLLM's budget per GPU is
 # gpu_memory_utilization x total memory (vllm/v1/worker/utils.py request_memory), and the KV cache gets
@@ -25,6 +28,7 @@ CPU_BASE_BYTES = 3 * GiB // 2
 CPU_PER_RANK_BYTES = 3 * GiB // 2
 MIN_CONTEXT = 4096  # below this a chat model is not useful: refuse rather than lower further
 DEFAULT_BLOCK_SIZE = 16  # vLLM's default --block-size on CUDA
+V4_BLOCK_SIZE = 256  # DeepSeek-V4's compressed caches count 256-token blocks (its profiles set it)
 
 # MLA-style latent KV cache and tensor parallelism: vLLM gives an MLA model a single KV head
 # (ModelConfig.get_num_kv_heads returns 1 when use_mla; other models get heads // tp) and every TP rank
@@ -50,3 +54,70 @@ def overhead_bytes(cuda_graphs: bool) -> int:
     """Fixed per-GPU memory besides weights and KV cache."""
     fixed = NON_TORCH_BYTES + ACTIVATION_BYTES + VLLM_BUFFER_BYTES
     return fixed + (CUDA_GRAPH_BYTES if cuda_graphs else 0)
+
+
+# --- the KV cache of a profile: one bytes-per-token figure, or DeepSeek-V4's structured cache -----------
+
+
+def kv_block_size(profile: Profile) -> int:
+    default = V4_BLOCK_SIZE if profile.model.kv_cache else DEFAULT_BLOCK_SIZE
+    return profile.serve.block_size or default
+
+
+def kv_layout(profile: Profile) -> V4Layout | None:
+    kv = profile.model.kv_cache
+    return v4_layout(kv, kv_block_size(profile)) if kv else None
+
+
+def kv_need_bytes(profile: Profile, tokens: int, tp: int, max_num_batched_tokens: int | None) -> int:
+    """Per-GPU KV memory vLLM demands at start-up for a max_model_len of `tokens`: for V4 its own check
+    (whole blocks of every group, chunks in flight included), else bytes per token x tokens."""
+    layout = kv_layout(profile)
+    if layout is not None:
+        return layout.startup_need(tokens, in_flight_tokens(max_num_batched_tokens))
+    return kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, tokens, tp)
+
+
+def kv_fit_len(profile: Profile, room: int, requested: int, tp: int, batched: int | None) -> int:
+    """`requested` when its start-up need fits in `room`, else the largest multiple of the block size
+    whose need does (0 when none does). The need only grows with the length: a binary search."""
+    if kv_need_bytes(profile, requested, tp, batched) <= room:
+        return requested
+    block = kv_block_size(profile)
+    low, high = 0, requested // block
+    while low < high:
+        mid = (low + high + 1) // 2
+        if kv_need_bytes(profile, mid * block, tp, batched) <= room:
+            low = mid
+        else:
+            high = mid - 1
+    return low * block
+
+
+def kv_capacity(profile: Profile, pool: int, max_len: int, tp: int) -> tuple[int, int]:
+    """(tokens, concurrent max_len sequences) a KV pool of `pool` bytes per GPU holds. V4: whole blocks
+    of the shared pool, tokens of full-group capacity, each sequence ceil(L / 256) + its fixed blocks."""
+    layout = kv_layout(profile)
+    if layout is not None:
+        capacity = layout.capacity(pool, max_len)
+        return capacity.tokens, capacity.max_len_sequences
+    per_token = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, 1, tp)
+    tokens = max(pool, 0) // per_token if per_token > 0 else 0
+    return tokens, tokens // max_len if max_len else 0
+
+
+def kv_summary(profile: Profile, max_len: int, tp: int, batched: int | None) -> KvSummary:
+    layout = kv_layout(profile)
+    need = kv_need_bytes(profile, max_len, tp, batched)
+    if layout is None:
+        per_token = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, 1, tp)
+        return KvSummary("per_token", kv_block_size(profile), per_token, 0, 0, 0, need)
+    return KvSummary(
+        profile.model.kv_cache.layout,
+        layout.block_size,
+        layout.bytes_per_token,
+        layout.stride,
+        layout.fixed_blocks_per_sequence,
+        in_flight_tokens(batched),
+        need,
+    )

@@ -25,7 +25,12 @@ from dsv4serve.memory_model import (
     NON_TORCH_BYTES,
     TP_COMM_BYTES,
     VLLM_BUFFER_BYTES,
+    kv_block_size,
     kv_cache_bytes_per_gpu,
+    kv_capacity,
+    kv_fit_len,
+    kv_need_bytes,
+    kv_summary,
     outside_budget_bytes,
     overhead_bytes,
 )
@@ -148,13 +153,14 @@ class _Fit:
 def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Overrides, gpus) -> Plan:
     graphs = overrides.cuda_graphs if overrides.cuda_graphs is not None else not profile.serve.enforce_eager
     overhead = overhead_bytes(graphs)
+    batched = _batched_tokens(profile, overrides)
     candidates, layout_problems, layout_notes = _tp_candidates(profile, gpus, overrides.tensor_parallel_size)
     best: _Fit | None = None
     for tp in candidates:
         chosen = tuple(
             sorted(sorted(gpus, key=lambda g: (-g.memory_free, g.index))[:tp], key=lambda g: g.index)
         )
-        fit = _fit_memory(profile, chosen, tp, requested, overhead)
+        fit = _fit_memory(profile, chosen, tp, requested, overhead, batched)
         if not fit.problems and fit.max_len == requested:
             best = fit
             break
@@ -168,9 +174,10 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
     if best.max_len < requested and not best.problems:
         notes.append(
             f"max_model_len lowered from {requested} to {best.max_len}: the largest multiple of the block "
-            f"size ({profile.serve.block_size or DEFAULT_BLOCK_SIZE}) whose KV cache fits next to the weights"
+            f"size ({kv_block_size(profile)}) whose KV cache fits next to the weights"
+            + (" (vLLM's start-up check)" if profile.model.kv_cache else "")
         )
-    suggestions = () if not problems else _what_would_fit(profile, requested, overhead)
+    suggestions = () if not problems else _what_would_fit(profile, requested, overhead, batched)
     where = f"{len(gpus)}x {gpus[0].name}"
     verdict = f"fits on {where}" if not problems else problems[0]
     if suggestions and best.problems:
@@ -205,7 +212,25 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
         problems=tuple(problems),
         notes=tuple(notes),
         suggestions=suggestions,
+        kv=kv_summary(profile, best.max_len, best.tp, batched),
     )
+
+
+def _batched_tokens(profile: Profile, overrides: Overrides) -> int | None:
+    """--max-num-batched-tokens as vLLM will see it (the last one in the args wins), else the profile's."""
+    value = profile.serve.max_num_batched_tokens
+    args = (*profile.serve.extra_args, *overrides.extra_args)
+    for i, arg in enumerate(args):
+        if arg.startswith("--max-num-batched-tokens="):
+            text = arg.split("=", 1)[1]
+        elif arg == "--max-num-batched-tokens" and i + 1 < len(args):
+            text = args[i + 1]
+        else:
+            continue
+        if not text.isdigit() or int(text) < 1:
+            raise UsageError(f"--max-num-batched-tokens {text}: expected a positive whole number")
+        value = int(text)
+    return value
 
 
 def _divisors(heads: int, limit: int) -> list[int]:
@@ -280,14 +305,16 @@ def _utilization(profile: Profile, gpus: tuple[Gpu, ...], tp: int) -> tuple[floa
     return lowered, [note], []
 
 
-def _fit_memory(profile: Profile, gpus: tuple[Gpu, ...], tp: int, requested: int, overhead: int) -> _Fit:
+def _fit_memory(
+    profile: Profile, gpus: tuple[Gpu, ...], tp: int, requested: int, overhead: int, batched: int | None
+) -> _Fit:
+    """The longest max_model_len (up to `requested`) whose KV start-up need fits next to the weights."""
     util, notes, problems = _utilization(profile, gpus, tp)
-    block = profile.serve.block_size or DEFAULT_BLOCK_SIZE
+    block = kv_block_size(profile)
     weights = math.ceil(profile.model.weights_bytes / tp)
     budgets = {g.index: math.ceil(util * g.memory_usable) for g in gpus}
     room = min(budgets.values()) - weights - overhead
-    per_token = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, 1, tp)
-    fit_len = requested if per_token <= 0 else max(room, 0) // per_token // block * block
+    fit_len = kv_fit_len(profile, room, requested, tp, batched)
     minimum = min(requested, _round_up(MIN_CONTEXT, block))
     max_len = requested
     if fit_len < requested:
@@ -299,7 +326,7 @@ def _fit_memory(profile: Profile, gpus: tuple[Gpu, ...], tp: int, requested: int
                 f"over the {gib(min(budgets.values()))} budget ({util:g} x {gib(gpus[0].memory_usable)})"
             )
         else:
-            need = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, minimum, tp)
+            need = kv_need_bytes(profile, minimum, tp, batched)
             problems.append(
                 f"the KV cache for {minimum} tokens needs {gib(need)} per GPU; {gib(room)} is left after "
                 f"weights and overhead"
@@ -309,7 +336,10 @@ def _fit_memory(profile: Profile, gpus: tuple[Gpu, ...], tp: int, requested: int
                     else ""
                 )
             )
-    kv = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, max_len, tp)
+    kv = kv_need_bytes(profile, max_len, tp, batched)
+    capacity = {
+        g.index: kv_capacity(profile, budgets[g.index] - weights - overhead, max_len, tp) for g in gpus
+    }
     rows = tuple(
         MemoryRow(
             str(g.index),
@@ -321,9 +351,8 @@ def _fit_memory(profile: Profile, gpus: tuple[Gpu, ...], tp: int, requested: int
             budgets[g.index],
             g.memory_free,
             expected_used=budgets[g.index] + outside_budget_bytes(tp),
-            kv_capacity_tokens=(
-                max(budgets[g.index] - weights - overhead, 0) // per_token if per_token > 0 else 0
-            ),
+            kv_capacity_tokens=capacity[g.index][0],
+            kv_capacity_seqs=capacity[g.index][1],
         )
         for g in gpus
     )
@@ -339,19 +368,18 @@ def _capability_problems(profile: Profile, gpus: tuple[Gpu, ...]) -> list[str]:
     ]
 
 
-def _what_would_fit(profile: Profile, requested: int, overhead: int) -> tuple[str, ...]:
+def _what_would_fit(profile: Profile, requested: int, overhead: int, batched: int | None) -> tuple[str, ...]:
     """Catalog GPUs (of a new enough compute capability) and the fewest of each that hold this model."""
     found = []
     util = profile.serve.gpu_memory_utilization
-    block = profile.serve.block_size or DEFAULT_BLOCK_SIZE
-    tokens = min(requested, _round_up(MIN_CONTEXT, block))
+    tokens = min(requested, _round_up(MIN_CONTEXT, kv_block_size(profile)))
     for gpu in GPU_CATALOG:
         if _cc(gpu.compute_capability) < _cc(profile.model.min_compute_capability):
             continue
         for tp in reversed(_divisors(profile.model.attention_heads, MAX_SUGGESTED_GPUS)):
             need = (
                 math.ceil(profile.model.weights_bytes / tp)
-                + kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, tokens, tp)
+                + kv_need_bytes(profile, tokens, tp, batched)
                 + overhead
             )
             if need <= math.ceil(util * (gpu.memory_total - gpu.memory_reserved)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from dsv4serve.hardware import GiB, gib
-from dsv4serve.memory_model import CPU_BASE_BYTES, CPU_PER_RANK_BYTES, kv_cache_bytes_per_gpu
+from dsv4serve.memory_model import CPU_BASE_BYTES, CPU_PER_RANK_BYTES, kv_need_bytes
 from dsv4serve.plan_types import MemoryRow, Overrides, Plan
 from dsv4serve.profile_types import Profile
 from dsv4serve.vllm_args import vllm_args
@@ -22,7 +22,7 @@ def plan_cpu(
         problems.append(f"tensor parallel size {tp} does not divide the {heads} attention heads")
     if host_cpus and tp > host_cpus:
         problems.append(f"tensor parallel size {tp} needs {tp} CPUs; {host_cpus} usable")
-    kv = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, requested, tp)
+    kv = kv_need_bytes(profile, requested, tp, profile.serve.max_num_batched_tokens)
     # VLLM_CPU_KVCACHE_SPACE is whole GiB; without it vLLM's CPU build claims most of the RAM.
     kv_space_gib = max(1, math.ceil(kv / GiB))
     weights = math.ceil(profile.model.weights_bytes / tp)

@@ -44,7 +44,22 @@ class MemoryRow:
     expected_used: int = 0
     # KV cache tokens this GPU can hold: budget - weights - overhead, over the bytes per token. A lower
     # bound: the overhead figure is on the safe side. 0 where unknown (CPU path, no KV facts).
+    # DeepSeek-V4: whole blocks of the shared pool x 256, the full group's capacity.
     kv_capacity_tokens: int = 0
+    kv_capacity_seqs: int = 0  # sequences of max_model_len this GPU's KV cache holds at once
+
+
+@dataclass(frozen=True)
+class KvSummary:
+    """How a plan's KV cache is sized (per GPU, every TP rank the same), for the plan's text and JSON."""
+
+    layout: str  # "deepseek_v4" (model.kv_cache) or "per_token" (model.kv_bytes_per_token)
+    block_size: int
+    bytes_per_token: float  # long-context bytes per token
+    block_stride: int  # bytes one block id costs in vLLM's shared pool (deepseek_v4; else 0)
+    fixed_blocks_per_sequence: int  # sliding-window and state blocks each decoding sequence adds
+    in_flight_tokens: int  # tokens vLLM's start-up check adds for chunks in flight (deepseek_v4; else 0)
+    startup_need: int  # the KV memory vLLM's start-up check demands for max_model_len
 
 
 @dataclass(frozen=True)
@@ -65,3 +80,4 @@ class Plan:
     notes: tuple[str, ...] = ()
     suggestions: tuple[str, ...] = ()  # layouts that would fit, e.g. "8xH200"
     verdict: str = ""  # one line: "fits on 2x H200", or the main reason it does not
+    kv: KvSummary | None = None  # how the KV cache was sized (GPU path)

@@ -243,6 +243,12 @@ def _check_kv_cache(need: Any, kv: KvCache, layers: int) -> None:
             "copy compress_ratios from the checkpoint's config.json (0/1 = SWA only, 4 = CSA, 128 = HCA)",
         )
     need(
+        any(r in (4, 128) for r in kv.compress_ratios),
+        (*at, "compress_ratios"),
+        "no compressed layer (ratio 4 or 128)",
+        "a deepseek_v4 cache has CSA/HCA layers; a model without them takes model.kv_bytes_per_token",
+    )
+    need(
         len(kv.compress_ratios) == layers,
         (*at, "compress_ratios"),
         f"{len(kv.compress_ratios)} ratios for {layers} layers (model.layers)",

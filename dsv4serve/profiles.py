@@ -270,6 +270,13 @@ def load_profile(name_or_path: str, profile_dirs: Sequence[str] = ()) -> Profile
     except _LOAD_ERRORS as err:
         problem = fail((str(path), 0), "", f"cannot load: {_describe(err)}", "check the profile's values")
         raise _named(problem, name_or_path, path) from None
+    if profile.model.kv_cache and not profile.model.kv_bytes_per_token:  # derived: the long-context figure
+        from dsv4serve.memory_model import kv_layout
+
+        model = dataclasses.replace(
+            profile.model, kv_bytes_per_token=round(kv_layout(profile).bytes_per_token)
+        )
+        profile = dataclasses.replace(profile, model=model)
     return profile
 
 
@@ -306,11 +313,8 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
     data["serve"]["env"] = dict(profile.serve.env)
     data["serve"]["extra_args"] = list(profile.serve.extra_args)
     data["model"]["allow_patterns"] = list(profile.model.allow_patterns)
-    if profile.model.kv_cache:  # a structured cache's per-token figure is derived (long context)
-        from dsv4serve.memory_model import kv_layout
-
+    if profile.model.kv_cache:
         data["model"]["kv_cache"]["compress_ratios"] = list(profile.model.kv_cache.compress_ratios)
-        data["model"]["kv_bytes_per_token"] = round(kv_layout(profile).bytes_per_token)
     data["hardware"] = [dataclasses.asdict(rule) for rule in profile.hardware]
     data["extends"] = list(profile.extends)
     return data

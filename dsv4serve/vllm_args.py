@@ -34,6 +34,7 @@ def vllm_args(
         ("--dtype", serve.dtype),
         ("--kv-cache-dtype", serve.kv_cache_dtype),
         ("--block-size", serve.block_size),
+        ("--max-num-batched-tokens", serve.max_num_batched_tokens),  # the planner sizes the KV check with it
         ("--tokenizer-mode", serve.tokenizer_mode),
         ("--reasoning-parser", serve.reasoning_parser),
         ("--tool-call-parser", serve.tool_call_parser),

@@ -203,15 +203,40 @@ def render_plan(plan, as_json: bool = False) -> None:
         if row.expected_used:
             out.print(
                 f"once running, NVML should show about {_gib(row.expected_used)} GiB used per GPU "
-                f"(vLLM fills the KV cache up to the budget); KV cache capacity >= "
-                f"{row.kv_capacity_tokens:,} tokens"
+                f"(vLLM fills the KV cache up to the budget)"
             )
+        for line in _kv_lines(plan):
+            out.print(line)
     for note in plan.notes:
         out.print(f"note: {note}")
     for problem in plan.problems:
         out.print(f"problem: {problem}")
     out.print(f"verdict: {plan.verdict}" if plan.fits else f"verdict: DOES NOT FIT: {plan.verdict}")
     out.print(shell_line(plan), markup=False, crop=False, overflow="ignore")
+
+
+def _kv_lines(plan) -> list[str]:
+    """How the KV cache was sized, and what the smallest GPU's KV pool holds once running."""
+    from dsv4serve.hardware import gib
+
+    kv, lines = plan.kv, []
+    if kv and kv.block_stride:
+        lines.append(
+            f"KV cache ({kv.layout}, the same on every TP rank): {kv.block_stride:,} B per "
+            f"{kv.block_size}-token block = {kv.bytes_per_token:,.0f} B/token, plus "
+            f"{kv.fixed_blocks_per_sequence} blocks (sliding window, compressor state) per decoding sequence"
+        )
+        lines.append(
+            f"KV cache column = vLLM's start-up check: max_model_len {plan.max_model_len} with "
+            f"{kv.in_flight_tokens:,} tokens in flight needs {gib(kv.startup_need, 2)} per GPU"
+        )
+    low = min(plan.memory, key=lambda r: r.kv_capacity_tokens)
+    if low.kv_capacity_tokens:
+        lines.append(
+            f"KV cache capacity >= {low.kv_capacity_tokens:,} tokens per GPU, "
+            f"{low.kv_capacity_seqs:,} sequences of {plan.max_model_len:,} tokens at once"
+        )
+    return lines
 
 
 def _inventory_dict(inventory) -> dict:

@@ -74,6 +74,7 @@ def prepare_launch(
     from dsv4serve.commands.plan import ensure_fits, plan_from_options, render_plan
     from dsv4serve.jit_cache import ensure_dirs
     from dsv4serve.launch import LaunchSpec, startup_timeout
+    from dsv4serve.vllm_version import installed_vllm_version, require_vllm
     from dsv4serve.weights import fetch_weights
 
     if hardware and not dry_run:
@@ -99,6 +100,7 @@ def prepare_launch(
         render_plan(plan, as_json)
         ensure_fits(plan)
         return plan, None
+    require_vllm(profile.serve.min_vllm_version, installed_vllm_version(), profile.name)  # before downloads
     ensure_fits(plan)
     path = fetch_weights(profile, allow_download=allow_download, progress=progress)
     if str(path) != plan.model:  # plan again with the local directory vLLM will load

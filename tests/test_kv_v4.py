@@ -1,0 +1,137 @@
+"""The DeepSeek-V4 KV-cache model against shared/facts/deepseek-v4-kv-cache.md (vLLM 0.26, FlashMLA)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from dsv4serve.hardware import GiB, MiB
+from dsv4serve.kv_v4 import approximate_gcd, in_flight_tokens, layer_specs, v4_layout
+from dsv4serve.memory_model import kv_need_bytes
+from dsv4serve.profile_types import KvCache
+from dsv4serve.profiles import load_profile
+
+M1 = 1_048_576
+K128 = 131_072
+T = 2 * 8192  # the H200 API server's default tokens in flight
+
+
+def layout(name):
+    return v4_layout(load_profile(name).model.kv_cache)
+
+
+def tiny():
+    return v4_layout(KvCache("deepseek_v4", (0, 4, 128)))
+
+
+def tiny_kv():
+    return KvCache("deepseek_v4", (4, 128))
+
+
+def test_profiles_carry_the_config_compress_ratios():
+    flash = load_profile("flash").model.kv_cache.compress_ratios
+    pro = load_profile("pro").model.kv_cache.compress_ratios
+    assert flash[:2] == (0, 0) and all(r == (4 if i % 2 == 0 else 128) for i, r in enumerate(flash) if i >= 2)
+    assert pro[:2] == (128, 128) and all(r == (4 if i % 2 == 0 else 128) for i, r in enumerate(pro) if i >= 2)
+    assert Counter(flash) == {0: 2, 4: 21, 128: 20} and Counter(pro) == {4: 30, 128: 31}
+
+
+def test_page_sizes_of_each_kv_object():
+    pages = {s.name.split(".", 1)[1]: (s.block, s.page, s.window) for s in layer_specs(tiny_kv(), 256)}
+    assert pages == {
+        "swa": (64, 37_440, 128),  # round_up(64 x 584, 576)
+        "c4": (256, 37_440, None),
+        "c4_state": (4, 32_832, 8),
+        "index": (256, 8_640, None),
+        "index_state": (4, 8_640, 8),
+        "c128": (256, 1_728, None),
+        "c128_state": (8, 32_832, 128),
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "stride", "tuples", "blocks", "per_token"),
+    [
+        ("flash", 1_039_680, 22, (256, 64, 64, 4, 8), 4_061),
+        ("pro", 1_473_408, 31, (256, 64, 64, 8, 4), 5_756),
+    ],
+)
+def test_stride_groups_and_layer_tuples(name, stride, tuples, blocks, per_token):
+    lay = layout(name)
+    assert lay.stride == stride and lay.layer_tuples == tuples
+    assert tuple(g.block for g in lay.groups) == blocks
+    assert round(lay.bytes_per_token) == per_token
+    # facts: 22 x 37,440 + 21 x 8,640 + 20 x 1,728 (Flash): the widest group's count of each page size
+    count = Counter(load_profile(name).model.kv_cache.compress_ratios)
+    assert lay.stride == tuples * 37_440 + count[4] * 8_640 + count[128] * 1_728
+
+
+def test_tiny_v4_stride_in_six_groups():
+    lay = tiny()
+    assert lay.stride == 47_808 and len(lay.groups) == 6 and lay.layer_tuples == 1
+
+
+@pytest.mark.parametrize("name", ["flash", "pro"])
+def test_26_fixed_blocks_per_decoding_sequence(name):
+    lay = layout(name)
+    assert lay.fixed_blocks_per_sequence == 26  # 3 per SWA sub-group, 3 for C4 states, 17 for C128 states
+    assert lay.sequence_blocks(K128) == 512 + 26 and lay.sequence_blocks(M1) == 4096 + 26
+
+
+@pytest.mark.parametrize(
+    ("name", "seq_128k", "seq_1m", "fixed_mib"),
+    [("flash", 0.52, 3.99, 25.8), ("pro", 0.74, 5.66, 36.5)],
+)
+def test_one_sequence_costs(name, seq_128k, seq_1m, fixed_mib):
+    lay = layout(name)
+    assert round(lay.sequence_blocks(K128) * lay.stride / GiB, 2) == seq_128k
+    assert round(lay.sequence_blocks(M1) * lay.stride / GiB, 2) == seq_1m
+    assert round(lay.fixed_blocks_per_sequence * lay.stride / MiB, 1) == fixed_mib
+
+
+def test_prefill_chunk_holds_3354_blocks():
+    assert layout("flash").sliding_blocks(M1, 8192) == 3_354 == layout("pro").sliding_blocks(M1, 8192)
+
+
+@pytest.mark.parametrize(("name", "at_1m", "at_128k"), [("flash", 10.56, 7.05), ("pro", 14.88, 9.93)])
+def test_startup_need(name, at_1m, at_128k):
+    lay = layout(name)
+    assert in_flight_tokens(None) == T
+    assert round(lay.startup_need(M1, T) / GiB, 2) == at_1m
+    assert round(lay.startup_need(K128, T) / GiB, 2) == at_128k
+    # 10,778 pages at 1M: 4,096 full blocks + the sliding groups with T tokens in flight
+    assert lay.startup_need(M1, T) == 10_778 * lay.layer_tuples * (37_440 + 8_640 + 1_728)
+
+
+def test_startup_need_grows_with_length_and_tokens_in_flight():
+    lay = layout("flash")
+    needs = [lay.startup_need(n * 256, T) for n in range(1, 4097, 64)]
+    assert needs == sorted(needs) and needs[0] < needs[-1]
+    assert lay.startup_need(M1, 2 * 2048) < lay.startup_need(M1, T) < lay.startup_need(M1, 2 * 32768)
+
+
+@pytest.mark.parametrize(
+    ("name", "blocks", "tokens_m", "seqs_1m"), [("flash", 103_276, 26.4, 25), ("pro", 72_874, 18.7, 17)]
+)
+def test_capacity_of_a_100_gib_pool(name, blocks, tokens_m, seqs_1m):
+    capacity = layout(name).capacity(100 * GiB, M1)
+    assert capacity.blocks == blocks and round(capacity.tokens / 1e6, 1) == tokens_m
+    assert capacity.max_len_sequences == blocks // (4096 + 26) == seqs_1m
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+def test_replicated_on_every_tp_rank(tp):
+    flash = load_profile("flash")
+    assert kv_need_bytes(flash, M1, tp, None) == kv_need_bytes(flash, M1, 1, None)
+
+
+def test_approximate_gcd_pads_least_and_prefers_the_larger_on_ties():
+    assert approximate_gcd([21, 43, 21, 20], lower_bound=21) == 22  # Flash: 1+1+1+2 slots of padding
+    assert approximate_gcd([30, 61, 30, 31], lower_bound=30) == 31  # Pro
+    assert approximate_gcd([4, 4], lower_bound=2) == 4  # 2 and 4 both pad 0: the larger wins
+
+
+def test_needs_a_compressed_layer():
+    with pytest.raises(ValueError, match="compressed layer"):
+        v4_layout(KvCache("deepseek_v4", (0, 0)))
