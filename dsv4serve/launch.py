@@ -25,6 +25,7 @@ from pathlib import Path
 
 from dsv4serve import procs
 from dsv4serve.errors import LaunchError
+from dsv4serve.redact import open_private_log
 from dsv4serve.startup_log import PHASES, OutputReader, Step, exit_hint
 
 __all__ = ["PHASES", "Event", "LaunchSpec", "Server", "run_server", "running_server", "startup_timeout"]
@@ -116,8 +117,8 @@ class Server:
         self.tmpdir = tempfile.mkdtemp(prefix="dsv4serve-vllm-")
         env = {**os.environ, **self.spec.env, "TMPDIR": self.tmpdir, "PYTHONUNBUFFERED": "1"}
         if self.spec.log_path:
-            self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.spec.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+            # 0600 in a 0700 directory: vLLM logs its arguments, credentials included
+            self._log = open_private_log(self.spec.log_path)  # closed in stop()
         self._emit("command", " ".join(self.spec.argv))
         self._t0 = time.monotonic()
         # Signals wait until the group and its watchdog exist (else a group nobody guards or knows).

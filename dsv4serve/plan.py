@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from dsv4serve.errors import HardwareError, UsageError
-from dsv4serve.hardware import GPU_CATALOG, GiB, Gpu, gib, gpu_to_dict
+from dsv4serve.hardware import GPU_CATALOG, GiB, Gpu, MiB, gib, gpu_to_dict
 from dsv4serve.jit_cache import startup_env
 from dsv4serve.memory_model import (
     ACTIVATION_BYTES,
@@ -180,7 +180,15 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
     suggestions = () if not problems else _what_would_fit(profile, requested, overhead, batched)
     where = f"{len(gpus)}x {gpus[0].name}"
     verdict = f"fits on {where}" if not problems else problems[0]
-    if suggestions and best.problems:
+    if best.problems and overrides.tensor_parallel_size is not None and len(best.gpus) < len(gpus):
+        # the forced TP size leaves GPUs unused: blame the TP size, not the memory of the GPUs given
+        suggestions = ()
+        verdict = (
+            f"{profile.name} does not fit at TP {best.tp} (forced; {best.tp} of the {len(gpus)} GPUs given): "
+            f"{best.problems[0]}; leave --tp out to let the planner choose, or raise it"
+        )
+        problems.insert(0, verdict)
+    elif suggestions and best.problems:
         verdict = (
             f"{profile.name} needs more memory than {where} gives: it would fit on {_or_list(suggestions)}"
         )
@@ -291,11 +299,7 @@ def _utilization(profile: Profile, gpus: tuple[Gpu, ...], tp: int) -> tuple[floa
     if not short:
         return wanted, [], []
     lowered = math.floor(min((g.memory_free - extra) / g.memory_usable for g in gpus) * 100) / 100
-    held = "; ".join(
-        f"GPU {g.index} has {gib(g.memory_usable - g.memory_free)} in use"
-        + (" by " + ", ".join(f"pid {p.pid} {p.name}".strip() for p in g.processes) if g.processes else "")
-        for g in short
-    )
+    held = "; ".join(_short_reason(g, wanted, extra) for g in short)
     if lowered <= 0:
         return wanted, [], [f"no free memory: {held}"]
     note = (
@@ -303,6 +307,19 @@ def _utilization(profile: Profile, gpus: tuple[Gpu, ...], tp: int) -> tuple[floa
         "when free memory is below utilization x total"
     )
     return lowered, [note], []
+
+
+def _short_reason(g: Gpu, wanted: float, extra: int) -> str:
+    """Why a GPU cannot give vLLM its budget: memory in use, or (idle) too little room beside it."""
+    used = g.memory_usable - g.memory_free
+    if used < MiB and not g.processes:
+        beside = g.memory_usable - math.ceil(wanted * g.memory_usable)
+        return (
+            f"GPU {g.index} is idle, but the {gib(beside)} beside a {wanted:g} budget is less than the "
+            f"{gib(extra)} vLLM needs there (CUDA context; NCCL at TP > 1)"
+        )
+    by = ", ".join(f"pid {p.pid} {p.name}".strip() for p in g.processes)
+    return f"GPU {g.index} has {gib(used)} in use" + (f" by {by}" if by else "")
 
 
 def _fit_memory(

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
 from collections.abc import Sequence
 from typing import Any
 
+from dsv4serve.errors import oneline
+from dsv4serve.hub_names import valid_repo_id, valid_revision
 from dsv4serve.profile_types import HardwareRule, KvCache, Profile
 from dsv4serve.profile_yaml import KINDS, STR_HINT, Loc, LocatedList, LocatedMap, fail, join, kind
+from dsv4serve.vllm_flags import MIN_MODEL_LEN, profile_arg_problem
 from dsv4serve.vllm_version import check_version_text
 
 # Fields the planner cannot work without; the dataclasses give them 0 defaults only so that
@@ -21,6 +25,7 @@ REQUIRED_FACTS += ("model.kv_bytes_per_token", "model.max_context", "serve.max_m
 KV_LAYOUTS = ("deepseek_v4",)
 COMPRESS_RATIOS = (0, 1, 4, 128)  # 0/1 = sliding window only, 4 = CSA (with indexer), 128 = HCA
 DEEP_GEMM_WARMUPS = ("full", "relax", "skip")  # VLLM_DEEP_GEMM_WARMUP's values
+MAX_INT = 2**63 - 1  # vLLM, safetensors and C take 64-bit integers
 # Profile fields filled by the loader, never written in YAML (`extends` is read as one name there).
 LOADER_FIELDS = ("source", "origin", "extends")
 _HINTS = {
@@ -88,6 +93,11 @@ def _convert(value: Any, hint: Any, path: str, at: Loc) -> Any:
     ok = type(value) is hint or (hint is float and type(value) is int)  # bool is not an int here
     if not ok:
         raise fail(at, path, f"expected {KINDS.get(hint, hint)}, got {kind(value)}", _HINTS.get(hint, ""))
+    # Every number in range here, once: later stages (plan, show, JSON) never see 10**400 or .inf.
+    if hint in (int, float) and (abs(value) > MAX_INT if type(value) is int else not math.isfinite(value)):
+        raise fail(
+            at, path, f"out of range, got {kind(value)}", f"write a finite number of at most {MAX_INT}"
+        )
     if hint in (int, float) and value < 0:
         raise fail(at, path, f"must not be negative, got {value}", "sizes and counts are 0 or more")
     return float(value) if hint is float else value
@@ -162,10 +172,25 @@ def check(profile: Profile, doc: LocatedMap) -> None:
         "remove revision, or serve from a hub repo",
     )
     need(
-        not model.repo or model.repo.count("/") == 1,
+        not model.repo or valid_repo_id(model.repo),
         ("model", "repo"),
-        f"{model.repo!r} is not owner/name",
-        "e.g. deepseek-ai/DeepSeek-V4-Flash",
+        f"{oneline(model.repo, 100)!r} is not a hub repo id (owner/name)",
+        "e.g. deepseek-ai/DeepSeek-V4-Flash; for a local checkpoint use model.path",
+    )
+    need(
+        not model.revision or valid_revision(model.revision),
+        ("model", "revision"),
+        f"{oneline(model.revision or '', 100)!r} is not a branch, tag or commit",
+        "e.g. main, v1.0 or a 40-character commit",
+    )
+    bad_arg = profile_arg_problem(serve.extra_args)
+    if bad_arg:
+        need(False, ("serve", "extra_args", bad_arg[0]), bad_arg[1], bad_arg[2])
+    need(
+        serve.max_model_len >= MIN_MODEL_LEN or "max_model_len" not in doc.get("serve", {}),
+        ("serve", "max_model_len"),
+        f"{serve.max_model_len} is too short to serve a chat request",
+        f"use at least {MIN_MODEL_LEN} tokens",
     )
     for dotted in REQUIRED_FACTS:
         section, name = dotted.split(".")

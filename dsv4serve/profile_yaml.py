@@ -209,5 +209,9 @@ def kind(value: Any) -> str:
         return "null"
     if isinstance(value, (dict, list)):
         return "a mapping" if isinstance(value, dict) else "a list"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"  # repr() refuses past 4,300 digits
     shown = str(value).lower() if isinstance(value, bool) else repr(value)  # as YAML writes it
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
     return f"{KINDS.get(type(value), type(value).__name__)} ({shown})"

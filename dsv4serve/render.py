@@ -9,9 +9,10 @@ from typing import Any
 
 from dsv4serve.errors import oneline
 
-# Whether a JSON document went to stdout in this process: an error after it goes to stderr, so stdout
+# Whether a JSON document went to stdout in this command: an error after it goes to stderr, so stdout
 # stays exactly one JSON document.
 _json_written = False
+_notes: set[str] = set()  # notes already printed in this command (up plans twice: once is enough)
 # Piped output is not cut or wrapped: wider than any line dsv4serve prints.
 PIPE_WIDTH = 1 << 20
 
@@ -20,10 +21,14 @@ def start() -> None:
     """A new command (tests run several in one process): nothing written yet."""
     global _json_written
     _json_written = False
+    _notes.clear()
 
 
 def print_error(message: str, hint: str = "", *, multiline: bool = False) -> None:
     """One line for what went wrong, one for what to do next; plain text, stderr."""
+    from dsv4serve.redact import mask_text  # a launch error quotes vLLM's log, which quotes its args
+
+    message, hint = mask_text(message), mask_text(hint)
     if not multiline:
         message, hint = oneline(message), oneline(hint)
     sys.stderr.write(f"error: {message}\n")
@@ -35,7 +40,9 @@ def print_error(message: str, hint: str = "", *, multiline: bool = False) -> Non
 def print_json_error(message: str, hint: str, exit_code: int) -> None:
     """The error of a --json command as JSON: on stdout, or on stderr when stdout already has its one
     document (a plan that does not fit: the plan, then exit 3)."""
-    error = {"error": {"message": message, "hint": hint, "exit_code": exit_code}}
+    from dsv4serve.redact import mask_text
+
+    error = {"error": {"message": mask_text(message), "hint": mask_text(hint), "exit_code": exit_code}}
     stream = sys.stderr if _json_written else sys.stdout
     stream.write(_dumps(error) + "\n")
     stream.flush()
@@ -67,7 +74,10 @@ def _finite(data: Any) -> Any:
 
 
 def note(text: str) -> None:
-    """A one-line notice on stderr (stdout stays for results and JSON)."""
+    """A one-line notice on stderr (stdout stays for results and JSON), once per command."""
+    if text in _notes:
+        return
+    _notes.add(text)
     sys.stderr.write(f"note: {oneline(text)}\n")
     sys.stderr.flush()
 

@@ -93,11 +93,14 @@ def plan_from_options(
     warmup: str | None = None,
 ):
     """Load the profile, take stock of the GPUs, select them, and plan: returns (profile, plan)."""
+    from dsv4serve.commands.profiles import announce_shadowing
     from dsv4serve.hardware import select_gpus
     from dsv4serve.plan import Overrides, make_plan
     from dsv4serve.profiles import load_profile
+    from dsv4serve.vllm_flags import settle_overrides
 
     profile = load_profile(profile_name, profile_dirs=tuple(profile_dirs or ()))
+    announce_shadowing(profile_name, profile_dirs or ())
     inventory, notes = resolve_inventory(profile, hardware, device)
     selection = select_gpus(inventory, gpus)
     overrides = Overrides(
@@ -111,6 +114,8 @@ def plan_from_options(
         device=device or ("cpu" if not inventory.gpus else None),
         **startup_overrides(warmup),
     )
+    # vLLM flags after `--` that the planner decides become its settings, or are refused (exit 2).
+    profile, overrides = settle_overrides(profile, overrides)
     plan = make_plan(
         profile,
         selection.gpus,
@@ -165,8 +170,10 @@ def _gib(n: int) -> str:
 def render_plan(plan, as_json: bool = False) -> None:
     """The per-GPU memory budget, the verdict, notes, problems and the pasteable command (or JSON)."""
     from dsv4serve.plan import plan_to_dict, shell_line
+    from dsv4serve.redact import masked_plan
     from dsv4serve.render import console, print_json
 
+    plan = masked_plan(plan)  # secrets (HF_TOKEN, --api-key) never shown; vLLM gets the real values
     if as_json:
         print_json(plan_to_dict(plan))
         return

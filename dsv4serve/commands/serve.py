@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -27,10 +28,22 @@ from dsv4serve.options import (
     WarmupOpt,
 )
 
+MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
+def _check_timeout(value: float | None) -> float | None:
+    """--timeout: a finite number of seconds (nan and inf would wait forever or never)."""
+    if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+        raise typer.BadParameter(f"{value}: expected seconds, more than 0 and at most {MAX_TIMEOUT_S}")
+    return value
+
+
 TimeoutOpt = Annotated[
     Optional[float],  # noqa: UP045 - typer needs Optional here
     typer.Option(
-        "--timeout", help="Seconds to wait for readiness (default: the profile's, or from its size)."
+        "--timeout",
+        help="Seconds to wait for readiness (default: the profile's, or from its size).",
+        callback=_check_timeout,
     ),
 ]
 DryRunOpt = Annotated[
@@ -74,6 +87,8 @@ def prepare_launch(
     from dsv4serve.commands.plan import ensure_fits, plan_from_options, render_plan
     from dsv4serve.jit_cache import ensure_dirs
     from dsv4serve.launch import LaunchSpec, startup_timeout
+    from dsv4serve.redact import register as register_secrets
+    from dsv4serve.redact import secret_values
     from dsv4serve.vllm_version import installed_vllm_version, require_vllm
     from dsv4serve.weights import fetch_weights
 
@@ -112,10 +127,12 @@ def prepare_launch(
     before = ()
     if plan.device == "cuda":
         before = tuple((g.uuid or str(g.index), g.memory_used) for g in plan.gpus)
+    register_secrets(secret_values(plan.env, plan.args))  # masked in the log lines shown and in errors
     spec = LaunchSpec(
         argv=(sys.executable, *VLLM_MAIN, *plan.args),
-        host=host,
-        port=port,
+        # where vLLM listens: the plan's (an --host/--port after `--` was folded into it)
+        host=_arg_value(plan.args, "--host") or host,
+        port=int(_arg_value(plan.args, "--port") or port),
         served_model_name=_arg_value(plan.args, "--served-model-name") or profile.name,
         startup_timeout_s=startup_timeout(
             profile.serve.startup_timeout_s, profile.model.weights_bytes, timeout
@@ -141,17 +158,20 @@ def _arg_value(args: Sequence[str], flag: str) -> str | None:
 def terminal_notify(quiet_log: bool = False):
     """Callback for launch events: vLLM's log and our phase lines on stderr (stdout stays for results)."""
 
+    from dsv4serve.redact import mask_text, masked_args
+
     def notify(event) -> None:
+        text = mask_text(event.text)  # vLLM logs its arguments, credentials included
         if event.kind == "log":
             if not quiet_log:
-                sys.stderr.write(event.text + "\n")
+                sys.stderr.write(text + "\n")
         elif event.kind == "command":
-            sys.stderr.write(f"dsv4serve: $ {event.text}\n")
+            sys.stderr.write(f"dsv4serve: $ {' '.join(masked_args(text.split(' ')))}\n")
         elif event.kind in ("phase", "progress"):
-            sys.stderr.write(f"dsv4serve: [{event.elapsed_s:7.1f} s] {event.text}\n")
+            sys.stderr.write(f"dsv4serve: [{event.elapsed_s:7.1f} s] {text}\n")
         elif event.kind in ("started", "stopping", "stopped", "warning"):
             prefix = "warning: " if event.kind == "warning" else ""
-            sys.stderr.write(f"dsv4serve: {prefix}{event.text}\n")
+            sys.stderr.write(f"dsv4serve: {prefix}{text}\n")
         sys.stderr.flush()
 
     return notify
