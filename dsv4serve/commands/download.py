@@ -32,6 +32,15 @@ def download(
     from dsv4serve.weights import download_weights
 
     prof = load_profile(profile, profile_dir or ())
+    if revision is not None:
+        from dsv4serve.errors import UsageError, oneline
+        from dsv4serve.hub_names import valid_revision
+
+        if not valid_revision(revision):  # it names a file under the cache's refs/: never ../..
+            raise UsageError(
+                f"--revision {oneline(revision, 60)!r}: not a branch, tag or commit",
+                "e.g. --revision main, v1.0 or a 40-character commit",
+            )
     result = download_weights(prof, revision=revision, local_dir=directory, progress=not json_out)
     if json_out:
         from dsv4serve.render import print_json
