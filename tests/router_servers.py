@@ -68,6 +68,8 @@ class FakeUpstream:
 
             def setup(self):
                 super().setup()
+                # Small writes go out at once, as vLLM's (uvicorn's) do; Nagle would hold them for an ACK.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 fake.connections.append(self.connection)
 
             def log_message(self, *args):  # quiet: pytest shows failures, not access logs

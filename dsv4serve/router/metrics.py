@@ -39,7 +39,7 @@ class Metrics:
         self.proxy_seconds = Histogram(
             "dsv4serve_route_proxy_overhead_seconds",
             "Router time before the upstream request is sent, the classifier call excluded.",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1),
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
             registry=self.registry,
         )
 

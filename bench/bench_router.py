@@ -1,0 +1,271 @@
+"""`dsv4serve route` in front of a real vLLM (the tiny profile, CPU build): what the proxy adds.
+
+1. Latency: rounds of 100 concurrent streaming chat requests, alternately straight to vLLM and through
+   the router (rounds alternate so drift on a busy machine hits both alike). The router's profile routes
+   every request by a rule, so the classifier call is excluded. Printed: time to first token and total,
+   p50/p99, router minus direct and the ratio router/direct (the anchor); and the router's own
+   pre-upstream time from its histogram (dsv4serve_route_proxy_overhead_seconds).
+2. Load: 500 streaming requests, 100 at a time, through the router: errors and lost answers must be 0.
+3. The classifier's cost: one classified request's latency and tokens, as /metrics reports them.
+
+Goal (issue 14): added p50 < 2 ms and p99 < 10 ms; zero errors. BENCH_QUICK=1: 1 round, 200 requests.
+BENCH_ROUTER_UPSTREAM=http://127.0.0.1:PORT uses a tiny vLLM already running instead of starting one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+ROUNDS = 1 if QUICK else 3
+CONCURRENCY = 100
+LOAD_REQUESTS = 200 if QUICK else 500
+TOKENS = 16
+PROFILE = """\
+name: bench
+classifier:
+  prompt: "Classify: complex = code generation or logical calculation; otherwise simple."
+  max_tokens: 32
+  timeout_s: 120
+rules:
+  - {name: all, route: flash, when: {min_chars: 0}}  # every request: the classifier stays out
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, limit: float, log: Path) -> None:
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args[3:5]} exited {proc.returncode}; log: {log}")
+        try:
+            if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} not ready within {limit:.0f} s; log: {log}")
+
+
+def start(args: list[str], ready_url: str, limit: float, tmp: Path, name: str) -> subprocess.Popen:
+    log = tmp / f"{name}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dsv4serve", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_ready(ready_url, proc, limit, log)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+MODEL = {"name": "tiny"}  # the upstream's served model, read from its /v1/models in main()
+
+
+async def one(client: httpx.AsyncClient, base: str, i: int) -> tuple[float, float, bool]:
+    """One streaming chat completion: (time to first token, total, complete)."""
+    body = {
+        "model": MODEL["name"],
+        "messages": [{"role": "user", "content": f"request {i}: tell me something"}],
+        "max_tokens": TOKENS,
+        "min_tokens": TOKENS,  # a random-weight model may stop at once otherwise
+        "stream": True,
+    }
+    t0 = time.perf_counter()
+    first, done = None, False
+    async with client.stream("POST", base + "/v1/chat/completions", json=body) as resp:
+        if resp.status_code != 200:
+            await resp.aread()
+            return 0.0, time.perf_counter() - t0, False
+        async for line in resp.aiter_lines():
+            if first is None and line.startswith("data: {") and '"content":"' in line.replace(" ", ""):
+                first = time.perf_counter() - t0
+            done = done or line == "data: [DONE]"
+    return first or 0.0, time.perf_counter() - t0, done and first is not None
+
+
+async def batch(base: str, n: int, concurrency: int) -> tuple[list[tuple[float, float, bool]], int, float]:
+    """n requests, `concurrency` in flight at once: results, errors (exceptions included), wall time."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=concurrency)
+    sem = asyncio.Semaphore(concurrency)
+    errors = 0
+
+    async def guarded(client, i):
+        nonlocal errors
+        async with sem:
+            try:
+                return await one(client, base, i)
+            except httpx.HTTPError:
+                errors += 1
+                return (0.0, 0.0, False)
+
+    async with httpx.AsyncClient(timeout=300, limits=limits, trust_env=False) as client:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(guarded(client, i) for i in range(n)))
+        wall = time.perf_counter() - t0
+    errors += sum(1 for r in results if not r[2])
+    return results, errors, wall
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def buckets(text: str, name: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of a Prometheus histogram in the text format."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out.append((float(le), float(line.rsplit(" ", 1)[1])))
+    return out
+
+
+def histogram_quantile(before: str, after: str, name: str, q: float) -> str:
+    """The bucket bound under which quantile q of the observations made between two scrapes falls."""
+    counts = [
+        (le, b - a) for (le, b), (_, a) in zip(buckets(after, name), buckets(before, name), strict=True)
+    ]
+    bound = next(le for le, count in counts if count >= q * counts[-1][1])
+    return f"{bound * 1000:g} ms"
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        upstream = os.environ.get("BENCH_ROUTER_UPSTREAM")
+        if not upstream:
+            port = free_port()
+            upstream = f"http://127.0.0.1:{port}"
+            t0 = time.monotonic()
+            up = ["up", "tiny", "--port", str(port)]
+            procs.append(start(up, upstream + "/v1/models", 300, tmp, "vllm"))
+            print(f"tiny vLLM ready in {time.monotonic() - t0:.1f} s at {upstream}", flush=True)
+        MODEL["name"] = httpx.get(upstream + "/v1/models", trust_env=False).json()["data"][0]["id"]
+        (tmp / "bench.yaml").write_text(PROFILE)
+        rport = free_port()
+        router = f"http://127.0.0.1:{rport}"
+        route = ["route", str(tmp / "bench.yaml"), "--flash", upstream, "--pro", upstream]
+        procs.append(start([*route, "--port", str(rport)], router + "/v1/models", 30, tmp, "router"))
+        asyncio.run(batch(upstream, 8, 8))  # warm both paths (first requests compile, connect)
+        asyncio.run(batch(router, 8, 8))
+        sequential(upstream, router)
+        concurrent(upstream, router)
+        errors = load(upstream, router)
+        classifier_cost(upstream)
+        return 1 if errors else 0
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def sequential(upstream: str, router: str) -> None:
+    """One request at a time, direct and routed alternately: the proxy's cost without CPU contention."""
+    rounds = 10 if QUICK else 50
+
+    async def run() -> tuple[list, list]:
+        direct, routed = [], []
+        async with httpx.AsyncClient(timeout=300, trust_env=False) as client:
+            for i in range(rounds):
+                direct.append(await one(client, upstream, i))
+                routed.append(await one(client, router, i))
+        return direct, routed
+
+    direct, routed = asyncio.run(run())
+    print(f"one request at a time, {rounds} each, alternating:")
+    report("time to first token", direct, routed, 0)
+    report("total per request  ", direct, routed, 1)
+
+
+def concurrent(upstream: str, router: str) -> None:
+    """Rounds of CONCURRENCY streams at once, direct then routed; and the router's own histogram."""
+    print(f"{CONCURRENCY} concurrent streams, {ROUNDS} round(s):")
+    direct: list[tuple[float, float, bool]] = []
+    routed: list[tuple[float, float, bool]] = []
+    before = httpx.get(router + "/metrics", trust_env=False).text
+    for r in range(ROUNDS):
+        d, d_err, d_wall = asyncio.run(batch(upstream, CONCURRENCY, CONCURRENCY))
+        g, g_err, g_wall = asyncio.run(batch(router, CONCURRENCY, CONCURRENCY))
+        direct += d
+        routed += g
+        print(
+            f"round {r + 1}: direct {d_wall:.2f} s ({d_err} errors), router {g_wall:.2f} s ({g_err} errors)",
+            flush=True,
+        )
+    report("time to first token", direct, routed, 0)
+    report("total per request  ", direct, routed, 1)
+    after = httpx.get(router + "/metrics", trust_env=False).text
+    name = "dsv4serve_route_proxy_overhead_seconds"
+    p50, p99 = (histogram_quantile(before, after, name, q) for q in (0.5, 0.99))
+    print(f"router's own time before the upstream, these rounds (histogram): p50 <= {p50}, p99 <= {p99}")
+
+
+def load(upstream: str, router: str) -> int:
+    """LOAD_REQUESTS streams, CONCURRENCY in flight, through the router then direct: errors + lost."""
+    results, errors, wall = asyncio.run(batch(router, LOAD_REQUESTS, CONCURRENCY))
+    lost = LOAD_REQUESTS - len(results)
+    _, d_errors, d_wall = asyncio.run(batch(upstream, LOAD_REQUESTS, CONCURRENCY))
+    print(
+        f"load: {LOAD_REQUESTS} streams at {CONCURRENCY} concurrent through the router in {wall:.2f} s "
+        f"({LOAD_REQUESTS / wall:.1f} req/s): {errors} errors, {lost} lost; direct {d_wall:.2f} s "
+        f"({d_errors} errors); ratio router/direct {wall / d_wall:.3f}"
+    )
+    return errors + lost
+
+
+def report(what: str, direct: list, routed: list, field: int) -> None:
+    d_ok = [x[field] for x in direct if x[2]]
+    g_ok = [x[field] for x in routed if x[2]]
+    for q in (50, 99):
+        d, g = pct(d_ok, q), pct(g_ok, q)
+        print(
+            f"  {what} p{q}: direct {d * 1000:8.1f} ms, router {g * 1000:8.1f} ms, "
+            f"added {(g - d) * 1000:+7.1f} ms, ratio {g / d:.3f}",
+            flush=True,
+        )
+
+
+def classifier_cost(upstream: str) -> None:
+    """The default profile's classifier call on this vLLM: latency and tokens (route --explain)."""
+    prompt = "Write a function that merges two sorted lists."
+    argv = [sys.executable, "-m", "dsv4serve", "route", "--flash", upstream, "--explain", prompt, "--json"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if out.returncode:
+        raise SystemExit(f"route --explain failed: {out.stderr}")
+    e = json.loads(out.stdout)
+    tokens = f"{e['prompt_tokens']} prompt + {e['completion_tokens']} completion tokens"
+    print(
+        f"classifier (default profile): {e['classifier_ms']:.0f} ms, {tokens} -> {e['route']} ({e['reason']})"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
