@@ -61,6 +61,9 @@ class Inventory:
     cuda_driver_version: str = ""
     host_memory_total: int = 0  # bytes, CPU path only; 0 = unknown
     host_cpus: int = 0  # CPUs this process may run on, CPU path only; 0 = unknown
+    # Nodes of this shape in the deployment: `gpus` are one node's (every node alike), so a node's
+    # CUDA_VISIBLE_DEVICES and memory rows are the same on all of them. 2x8xH100-80GB: 2 nodes of 8.
+    nodes: int = 1
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class GpuModel:
     memory_total: int  # bytes, as NVML reports total memory
     compute_capability: str
     memory_reserved: int = 0  # NVML v2 `reserved`; 0 where not measured
+    # GPUs one node (server) holds: 8 on HGX/DGX boards and the usual PCIe servers. A declared node
+    # with more is refused, so no plan puts 16 GPUs in one node (write 2x8xH100-80GB instead).
+    per_node: int = 8
 
 
 # The catalog for --hardware and for "what would fit" suggestions: memory as nvidia-smi/NVML reports it
@@ -86,7 +92,8 @@ GPU_CATALOG: tuple[GpuModel, ...] = (
 )
 
 # A bounded grammar: ASCII digits only (int() takes "²" or "٣" and a 5,000-digit count), a few of them.
-_COUNT_RE = re.compile(r"^\s*([0-9]+)\s*[xX]\s*(\S+)\s*$")
+# COUNTxGPU, or NODESxCOUNTxGPU (COUNT GPUs in each node).
+_COUNT_RE = re.compile(r"^\s*([0-9]+)\s*[xX]\s*(?:([0-9]+)\s*[xX]\s*)?(\S+)\s*$")
 _CUSTOM_RE = re.compile(r"^([0-9]{1,5}(?:\.[0-9]{1,3})?)(GiB|GB)@([0-9]{1,2})\.([0-9]{1,2})$", re.IGNORECASE)
 _INDEX_RE = re.compile(r"^[0-9]{1,5}$")
 # More GPUs than any one server uses (8 nodes x 8 today); the planner's work grows with the count.
@@ -110,7 +117,8 @@ def find_model(name: str) -> GpuModel | None:
 
 
 def parse_hardware(spec: str) -> Inventory:
-    """A declared inventory: `2xH200`, `8xH100-80GB`, `2x48GiB@8.9`, or `cpu` (no GPU); idle GPUs."""
+    """A declared inventory: `2xH200`, `8xH100-80GB`, `2x8xH100-80GB` (2 nodes of 8), `2x48GiB@8.9`, or
+    `cpu` (no GPU); idle GPUs."""
     if spec.strip().lower() == "cpu":
         return Inventory(gpus=(), source="declared")
     known = ", ".join(catalog_names())
@@ -118,16 +126,19 @@ def parse_hardware(spec: str) -> Inventory:
     match = _COUNT_RE.match(spec)
     if not match:
         raise UsageError(
-            f"--hardware {shown}: expected COUNTxGPU, e.g. 2xH200",
+            f"--hardware {shown}: expected COUNTxGPU or NODESxCOUNTxGPU, e.g. 2xH200 or 2x8xH100-80GB",
             f"known GPUs: {known}; custom: 2x48GiB@8.9 (memory in GiB or GB, compute capability); or cpu",
         )
-    count = int(match.group(1)) if len(match.group(1)) <= 5 else MAX_GPUS + 1
-    if not 1 <= count <= MAX_GPUS:
+    numbers = [_count(text) for text in match.groups()[:2] if text is not None]
+    nodes, count = numbers if len(numbers) == 2 else (1, numbers[0])
+    if not 1 <= count <= MAX_GPUS or not 1 <= nodes * count <= MAX_GPUS:
         raise UsageError(
             f"--hardware {shown}: the GPU count must be 1 to {MAX_GPUS}",
-            "for no GPU: --hardware cpu" if count < 1 else "declare the GPUs one server uses",
+            "for no GPU: --hardware cpu"
+            if count < 1
+            else "declare the GPUs one deployment uses (NODESxCOUNTxGPU)",
         )
-    name = match.group(2)
+    name = match.group(3)
     model = find_model(name)
     if model is None:
         custom = _CUSTOM_RE.match(name)
@@ -156,7 +167,20 @@ def parse_hardware(spec: str) -> Inventory:
         )
         for i in range(count)
     )
-    return Inventory(gpus=gpus, source="declared")
+    if count > model.per_node:
+        # A node holds per_node GPUs: 16xH100 is two nodes, and a TP 16 over "one node" cannot start.
+        need = -(-count // model.per_node)
+        each = count // need if count % need == 0 else model.per_node
+        raise HardwareError(
+            f"--hardware {shown}: one node holds at most {model.per_node} {model.name} GPUs, not {count}",
+            f"declare nodes x GPUs per node: --hardware {nodes * need}x{each}x{model.name}",
+        )
+    return Inventory(gpus=gpus, source="declared", nodes=nodes)
+
+
+def _count(text: str) -> int:
+    """A count of the grammar: at most 5 digits, else one past the limit (refused by the caller)."""
+    return int(text) if len(text) <= 5 else MAX_GPUS + 1
 
 
 def _shown(text: str, limit: int = 60) -> str:
