@@ -50,6 +50,9 @@ class LaunchSpec:
     probe_interval_s: float = 0.2
     # (GPU uuid or index, bytes used) read before start; after stop NVML must show it released.
     gpu_memory_before: tuple[tuple[str, int], ...] = ()
+    # A worker node of a multi-node deployment (vLLM --headless): no API to check or probe; its
+    # readiness is the head's, which the `watch` of wait_ready/wait reports (dsv4serve/nodes/).
+    headless: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class Event:
 
 
 Notify = Callable[[Event], None]
+# Polled while vLLM starts and runs (every probe interval, and every 0.5 s after ready): it raises to
+# stop the server (a lost head or worker node), and returns whether the rest of the world is ready.
+Watch = Callable[[], bool]
 
 
 class Server:
@@ -108,7 +114,7 @@ class Server:
 
     def start(self) -> None:
         """Check the port, then start vLLM in its own process group with its own TMPDIR."""
-        busy = procs.port_in_use(self.spec.host, self.spec.port)
+        busy = None if self.spec.headless else procs.port_in_use(self.spec.host, self.spec.port)
         if busy:
             raise LaunchError(
                 f"{busy}; vLLM was not started",
@@ -153,8 +159,9 @@ class Server:
             "started", f"vLLM started: pid {self.pgid} (process group {self.pgid}), TMPDIR {self.tmpdir}"
         )
 
-    def wait_ready(self) -> float:
-        """Block until /health is 200 and a one-token completion succeeds; return seconds since start."""
+    def wait_ready(self, watch: Watch | None = None) -> float:
+        """Block until /health is 200 and a one-token completion succeeds (headless: until `watch` says
+        the world is ready); return seconds since start."""
         assert self.proc is not None
         deadline = self._t0 + self.spec.startup_timeout_s
         healthy = False
@@ -170,22 +177,28 @@ class Server:
                     "raise the deadline with --timeout SECONDS (or serve.startup_timeout_s in the profile)"
                     + self._log_hint(),
                 )
-            healthy = healthy or self._get("/health") == 200
-            if healthy and self._one_token(max(1.0, deadline - time.monotonic())):
+            world = watch() if watch is not None else True
+            if self.spec.headless:
+                ready = world
+            else:
+                healthy = healthy or self._get("/health") == 200
+                ready = healthy and self._one_token(max(1.0, deadline - time.monotonic()))
+            if ready:
                 self.ready_s = self.elapsed()
                 self._emit("phase", "ready")
-                self._emit("ready", self.base_url)
+                self._emit("ready", "headless" if self.spec.headless else self.base_url)
                 return self.ready_s
             time.sleep(self.spec.probe_interval_s)
 
-    def wait(self) -> int:
-        """Block until vLLM exits by itself; return its exit code."""
+    def wait(self, watch: Watch | None = None) -> int:
+        """Block until vLLM exits by itself (or `watch` raises); return its exit code."""
         assert self.proc is not None
         while True:
             try:
                 return self.proc.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
-                continue
+                if watch is not None:
+                    watch()
 
     def stop(self) -> int | None:
         """SIGTERM the group, wait the grace period, SIGKILL what is left; clean up. Idempotent."""
@@ -344,21 +357,25 @@ def startup_timeout(serve_timeout_s: int, weights_bytes: int, override: float | 
 
 
 def run_server(
-    spec: LaunchSpec, notify: Notify | None = None, on_ready: Callable[[Server], None] | None = None
+    spec: LaunchSpec,
+    notify: Notify | None = None,
+    on_ready: Callable[[Server], None] | None = None,
+    watch: Watch | None = None,
 ) -> int:
     """Start, wait until ready, supervise until vLLM exits or a signal asks to stop; return the exit code.
 
     Before ready: failures raise LaunchError; a signal returns 128+signal. After ready: a signal stops
-    the server and returns 0; vLLM exiting by itself returns its own code.
+    the server and returns 0; vLLM exiting by itself returns its own code. What `watch` raises stops
+    the server and propagates.
     """
     server = Server(spec, notify)
     with procs.stop_on_signals():
         try:
             server.start()
-            server.wait_ready()
+            server.wait_ready(watch)
             if on_ready is not None:
                 on_ready(server)
-            code = server.wait()
+            code = server.wait(watch)
             server.stop()
             return code if code >= 0 else 128 - code
         except (KeyboardInterrupt, procs.Stopped) as stop:
