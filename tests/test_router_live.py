@@ -1,11 +1,13 @@
 """`dsv4serve route` between two real vLLM servers (CPU build, tiny profile), all as separate processes.
 
 One module-scoped pair, started one after the other (each takes ~30 s and ~2.8 GiB): Flash as `up tiny`,
-Pro as `up tiny` serving the name tiny-pro and requiring an API key (vLLM's VLLM_API_KEY).
+Pro as the planner's vLLM command for tiny, serving the name tiny-pro and requiring an API key (vLLM's
+VLLM_API_KEY); `up` cannot start that one, as its readiness completion sends no key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,16 +39,17 @@ rules:
 
 
 class Process:
-    """A dsv4serve command in its own session, its output in a file (vLLM writes a lot)."""
+    """A process (by default a dsv4serve command) in its own session, its output in a file."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str]):
+    def __init__(self, args: list[str], log: Path, env: dict[str, str], argv: list[str] | None = None):
         self.log = log
         self.out = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dsv4serve", *args],
+            argv or [sys.executable, "-m", "dsv4serve", *args],
             stdout=self.out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **env},
+            start_new_session=True,
         )
 
     def wait_for(self, url: str, timeout: float, headers: dict | None = None) -> None:
@@ -65,15 +68,32 @@ class Process:
         return "".join(self.log.read_text(errors="replace").splitlines(True)[-30:])
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """SIGINT to the whole group (a bare vLLM has EngineCore and a worker in it), SIGKILL if stuck."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # children that outlived the main process
         self.out.close()
         return self.proc.returncode
+
+
+def bare_vllm_argv(home: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """The planner's vLLM command for tiny, to run without `up`: `up`'s readiness completion sends no
+    API key, so it cannot start a vLLM that requires one (VLLM_API_KEY)."""
+    from dsv4serve.commands.serve import prepare_launch
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+        mp.setenv("HF_HOME", str(home / ".cache" / "huggingface"))
+        _, spec = prepare_launch("tiny", port=port, progress=False)
+    tmp = home / f"vllm-tmp-{port}"
+    tmp.mkdir()
+    return [*spec.argv, "--served-model-name", "tiny-pro"], {**spec.env, "TMPDIR": str(tmp)}
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +112,8 @@ def live(tmp_path_factory):
         flash = Process(["up", "tiny", "--port", str(ports["flash"])], home / "flash.log", env)
         started.append(flash)
         flash.wait_for(f"http://127.0.0.1:{ports['flash']}/v1/models", 280)
-        pro_args = ["up", "tiny", "--port", str(ports["pro"]), "--", "--served-model-name", "tiny-pro"]
-        pro = Process(pro_args, home / "pro.log", {**env, "VLLM_API_KEY": PRO_KEY})
+        argv, pro_env = bare_vllm_argv(home, ports["pro"])
+        pro = Process([], home / "pro.log", {**env, **pro_env, "VLLM_API_KEY": PRO_KEY}, argv)
         started.append(pro)
         auth = {"authorization": f"Bearer {PRO_KEY}"}
         pro.wait_for(f"http://127.0.0.1:{ports['pro']}/v1/models", 280, auth)
