@@ -8,10 +8,10 @@ argv, `command`, `shell_line`) and plan_cpu (the CPU path). This module plans th
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from dsv4serve.errors import HardwareError, UsageError
-from dsv4serve.hardware import GPU_CATALOG, GiB, Gpu, MiB, gib, gpu_to_dict
+from dsv4serve.hardware import GPU_CATALOG, Gpu, MiB, gib, gpu_to_dict
 from dsv4serve.jit_cache import startup_env
 from dsv4serve.memory_model import (
     ACTIVATION_BYTES,
@@ -36,6 +36,15 @@ from dsv4serve.memory_model import (
 )
 from dsv4serve.plan_cpu import plan_cpu
 from dsv4serve.plan_types import MemoryRow, Overrides, Plan
+from dsv4serve.planning.node_args import cpu_nodes, layout_args, with_nodes
+from dsv4serve.planning.strategy import (
+    Layout,
+    choose_layouts,
+    kv_profile,
+    reason,
+    weights_per_gpu,
+)
+from dsv4serve.planning.strategy import divisors as _divisors
 from dsv4serve.profile_types import Profile
 from dsv4serve.vllm_args import command, shell_line, vllm_args
 
@@ -77,6 +86,9 @@ def plan_to_dict(plan: Plan) -> dict:
     data["gpus"] = [gpu_to_dict(g) for g in plan.gpus]
     data["argv"] = list(command(plan))
     data["env"] = dict(plan.env)
+    data["nodes"] = [
+        {"rank": n.rank, "role": n.role, "argv": list(n.argv), "env": dict(n.env)} for n in plan.nodes
+    ]
     for key in ("args", "problems", "notes", "suggestions"):
         data[key] = list(data[key])
     return data
@@ -113,8 +125,10 @@ def make_plan(
     *,
     host_memory: int = 0,
     host_cpus: int = 0,
+    nodes: int = 1,
 ) -> Plan:
-    """Decide how vLLM starts on these GPUs (or the CPU), and whether it fits."""
+    """Decide how vLLM starts on these GPUs (or the CPU), on each of `nodes` alike nodes, and whether it
+    fits. `gpus` are one node's."""
     overrides = overrides or Overrides()
     model = overrides.model_location or default_model_location(profile)
     if not model:
@@ -133,15 +147,22 @@ def make_plan(
                 f"{profile.model.min_compute_capability}+) and none are usable here",
                 "plan for GPUs you do not have with --hardware 2xH200, or use a CPU profile: tiny",
             )
-        return plan_cpu(profile, model, requested, overrides, host_memory, host_cpus)
+        if nodes > 1:  # TP over the nodes' ranks: --tp ranks in all, else one per node
+            local = replace(
+                overrides, tensor_parallel_size=(overrides.tensor_parallel_size or nodes) // nodes
+            )
+            base = plan_cpu(profile, model, requested, local, host_memory, host_cpus)
+            return cpu_nodes(base, profile, nodes, overrides)
+        plan = plan_cpu(profile, model, requested, overrides, host_memory, host_cpus)
+        return with_nodes(plan, Layout("tp", plan.tensor_parallel_size), overrides, "")
     if not gpus:
         raise HardwareError(f"profile {profile.name!r}: no GPUs to plan for", "see `dsv4serve gpus`")
-    return _plan_cuda(profile, model, requested, overrides, gpus)
+    return _plan_cuda(profile, model, requested, overrides, gpus, nodes)
 
 
 @dataclass(frozen=True)
 class _Fit:
-    tp: int
+    layout: Layout
     gpus: tuple[Gpu, ...]
     utilization: float
     max_len: int
@@ -150,27 +171,33 @@ class _Fit:
     notes: tuple[str, ...] = field(default=())
 
 
-def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Overrides, gpus) -> Plan:
+def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Overrides, gpus, nodes: int) -> Plan:
     graphs = overrides.cuda_graphs if overrides.cuda_graphs is not None else not profile.serve.enforce_eager
     overhead = overhead_bytes(graphs)
     batched = _batched_tokens(profile, overrides)
-    candidates, layout_problems, layout_notes = _tp_candidates(profile, gpus, overrides.tensor_parallel_size)
+    choice = choose_layouts(profile, gpus, nodes, overrides.strategy, overrides.tensor_parallel_size)
     best: _Fit | None = None
-    for tp in candidates:
+    rejected: list[tuple[Layout, str]] = []  # layouts tried before the chosen one, and why not them
+    for layout in choice.layouts:
         chosen = tuple(
-            sorted(sorted(gpus, key=lambda g: (-g.memory_free, g.index))[:tp], key=lambda g: g.index)
+            sorted(
+                sorted(gpus, key=lambda g: (-g.memory_free, g.index))[: layout.per_node],
+                key=lambda g: g.index,
+            )
         )
-        fit = _fit_memory(profile, chosen, tp, requested, overhead, batched)
+        fit = _fit_memory(profile, chosen, layout, requested, overhead, batched)
         if not fit.problems and fit.max_len == requested:
             best = fit
             break
+        rejected.append((layout, fit.problems[0] if fit.problems else f"max_model_len only {fit.max_len}"))
         if best is None or (not fit.problems and (best.problems or fit.max_len > best.max_len)):
             best = fit
-    assert best is not None  # _tp_candidates always offers one
-    problems = list(layout_problems) + list(best.problems) + _capability_problems(profile, best.gpus)
-    notes = list(layout_notes) + list(best.notes)
+    assert best is not None  # choose_layouts always offers one
+    rejected = [(lay, why) for lay, why in rejected if lay != best.layout]
+    problems = list(choice.problems) + list(best.problems) + _capability_problems(profile, best.gpus)
+    notes = list(choice.notes) + list(best.notes)
     if len(best.gpus) < len(gpus):
-        notes.append(f"using {len(best.gpus)} of the {len(gpus)} GPUs given (TP {best.tp})")
+        notes.append(f"using {len(best.gpus)} of the {len(gpus)} GPUs given ({best.layout.label})")
     if best.max_len < requested and not best.problems:
         notes.append(
             f"max_model_len lowered from {requested} to {best.max_len}: the largest multiple of the block "
@@ -178,14 +205,15 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
             + (" (vLLM's start-up check)" if profile.model.kv_cache else "")
         )
     suggestions = () if not problems else _what_would_fit(profile, requested, overhead, batched)
-    where = f"{len(gpus)}x {gpus[0].name}"
+    where = f"{len(gpus)}x {gpus[0].name}" if nodes == 1 else f"{nodes} nodes x {len(gpus)}x {gpus[0].name}"
     verdict = f"fits on {where}" if not problems else problems[0]
     if best.problems and overrides.tensor_parallel_size is not None and len(best.gpus) < len(gpus):
         # the forced TP size leaves GPUs unused: blame the TP size, not the memory of the GPUs given
         suggestions = ()
         verdict = (
-            f"{profile.name} does not fit at TP {best.tp} (forced; {best.tp} of the {len(gpus)} GPUs given): "
-            f"{best.problems[0]}; leave --tp out to let the planner choose, or raise it"
+            f"{profile.name} does not fit at TP {best.layout.tp} (forced; {best.layout.tp} of the "
+            f"{len(gpus)} GPUs given): {best.problems[0]}; leave --tp out to let the planner choose, "
+            "or raise it"
         )
         problems.insert(0, verdict)
     elif suggestions and best.problems:
@@ -202,26 +230,29 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
         uses_deep_gemm=profile.model.kv_cache is not None,  # V4's FP8 GEMMs run on DeepGEMM
     )
     notes += warmup_notes
-    args = vllm_args(profile, model, overrides, best.tp, best.max_len, graphs, best.utilization)
-    return Plan(
+    args = vllm_args(profile, model, overrides, best.layout.tp, best.max_len, graphs, best.utilization)
+    plan = Plan(
         profile=profile.name,
         device="cuda",
         fits=not problems,
-        tensor_parallel_size=best.tp,
+        tensor_parallel_size=best.layout.tp,
         max_model_len=best.max_len,
         gpu_memory_utilization=best.utilization,
         cuda_graphs=graphs,
         model=model,
         gpus=best.gpus,
         memory=best.rows,
-        args=args,
+        args=layout_args(args, best.layout, profile),
         env=tuple(env.items()),
         verdict=verdict,
         problems=tuple(problems),
         notes=tuple(notes),
         suggestions=suggestions,
-        kv=kv_summary(profile, best.max_len, best.tp, batched),
+        kv=kv_summary(
+            kv_profile(profile, best.layout, best.max_len, batched), best.max_len, best.layout.tp, batched
+        ),
     )
+    return with_nodes(plan, best.layout, overrides, reason(best.layout, profile, rejected))
 
 
 def _batched_tokens(profile: Profile, overrides: Overrides) -> int | None:
@@ -239,54 +270,6 @@ def _batched_tokens(profile: Profile, overrides: Overrides) -> int | None:
             raise UsageError(f"--max-num-batched-tokens {text}: expected a positive whole number")
         value = int(text)
     return value
-
-
-def _divisors(heads: int, limit: int) -> list[int]:
-    """TP sizes vLLM accepts (attention heads split evenly), largest first, at most `limit`."""
-    return [tp for tp in range(limit, 0, -1) if heads <= 0 or heads % tp == 0]
-
-
-def _tp_candidates(profile: Profile, gpus, forced: int | None) -> tuple[list[int], list[str], list[str]]:
-    """TP sizes to try, best first; plus problems/notes about the layout itself.
-
-    The profile's hardware rules are its known-good layouts: when some match (enough GPUs, enough memory
-    each) their TP sizes are tried, largest GPU count first. When none matches, the largest divisor of the
-    attention heads is used and the memory model and compute capability alone decide the verdict."""
-    heads, count = profile.model.attention_heads, len(gpus)
-    fallback = _divisors(heads, count)[:1] or [1]
-    if forced is not None:
-        problems = []
-        if forced < 1 or forced > count:
-            problems.append(f"tensor parallel size {forced} needs {forced} GPUs; {count} given")
-        elif heads > 0 and heads % forced:
-            problems.append(f"tensor parallel size {forced} does not divide the {heads} attention heads")
-        return ([min(max(forced, 1), count)] if not problems else fallback), problems, []
-    rules = profile.hardware
-    if not rules:
-        return _divisors(heads, count)[:1] or [1], [], []
-    smallest = min(g.memory_total for g in gpus) / GiB
-    matching = sorted(
-        (r for r in rules if r.tensor_parallel_size <= count and smallest >= r.min_vram_gib),
-        key=lambda r: -r.gpus,
-    )
-    tps = list(
-        dict.fromkeys(
-            r.tensor_parallel_size for r in matching if heads <= 0 or heads % r.tensor_parallel_size == 0
-        )
-    )
-    if tps:
-        return tps, [], []
-    supported = "; ".join(
-        f"{r.gpus} GPUs of >= {r.min_vram_gib:g} GiB (TP {r.tensor_parallel_size})" for r in rules
-    )
-    return (
-        fallback,
-        [],
-        [
-            f"none of profile {profile.name!r}'s layouts matches {count}x {gpus[0].name} "
-            f"({smallest:.1f} GiB each): {supported}; the memory model alone decides (TP {fallback[0]})"
-        ],
-    )
 
 
 def _utilization(profile: Profile, gpus: tuple[Gpu, ...], tp: int) -> tuple[float, list[str], list[str]]:
@@ -323,12 +306,15 @@ def _short_reason(g: Gpu, wanted: float, extra: int) -> str:
 
 
 def _fit_memory(
-    profile: Profile, gpus: tuple[Gpu, ...], tp: int, requested: int, overhead: int, batched: int | None
+    model: Profile, gpus: tuple[Gpu, ...], layout: Layout, requested: int, overhead: int, batched: int | None
 ) -> _Fit:
-    """The longest max_model_len (up to `requested`) whose KV start-up need fits next to the weights."""
-    util, notes, problems = _utilization(profile, gpus, tp)
+    """The longest max_model_len (up to `requested`) whose KV start-up need fits next to the weights.
+    The weights per GPU follow the layout's strategy, the KV cache its (largest) pipeline stage."""
+    tp, world = layout.tp, layout.world
+    util, notes, problems = _utilization(model, gpus, world)
+    profile = kv_profile(model, layout, requested, batched)
     block = kv_block_size(profile)
-    weights = math.ceil(profile.model.weights_bytes / tp)
+    weights = weights_per_gpu(model, layout)
     budgets = {g.index: math.ceil(util * g.memory_usable) for g in gpus}
     room = min(budgets.values()) - weights - overhead
     fit_len = kv_fit_len(profile, room, requested, tp, batched)
@@ -339,7 +325,8 @@ def _fit_memory(
             max_len = fit_len
         elif room <= 0:
             problems.append(
-                f"the weights alone need {gib(weights)} per GPU at TP {tp}, plus {gib(overhead)} overhead, "
+                f"the weights alone need {gib(weights)} per GPU at {layout.label}, plus {gib(overhead)} "
+                "overhead, "
                 f"over the {gib(min(budgets.values()))} budget ({util:g} x {gib(gpus[0].memory_usable)})"
             )
         else:
@@ -367,13 +354,13 @@ def _fit_memory(
             weights + kv + overhead,
             budgets[g.index],
             g.memory_free,
-            expected_used=budgets[g.index] + outside_budget_bytes(tp),
+            expected_used=budgets[g.index] + outside_budget_bytes(world),
             kv_capacity_tokens=capacity[g.index][0],
             kv_capacity_seqs=capacity[g.index][1],
         )
         for g in gpus
     )
-    return _Fit(tp, gpus, util, max_len, rows, tuple(problems), tuple(notes))
+    return _Fit(layout, gpus, util, max_len, rows, tuple(problems), tuple(notes))
 
 
 def _capability_problems(profile: Profile, gpus: tuple[Gpu, ...]) -> list[str]:
@@ -400,7 +387,9 @@ def _what_would_fit(profile: Profile, requested: int, overhead: int, batched: in
                 + overhead
             )
             if need <= math.ceil(util * (gpu.memory_total - gpu.memory_reserved)):
-                found.append((tp, gpu.memory_total, f"{tp}x{gpu.name}"))
+                # more GPUs than one node holds: that many nodes (no plan puts 16 GPUs in one node)
+                shape = f"{tp}x" if tp <= gpu.per_node else f"{tp // gpu.per_node}x{gpu.per_node}x"
+                found.append((tp, gpu.memory_total, f"{shape}{gpu.name}"))
                 break
     return tuple(label for _, _, label in sorted(found))
 

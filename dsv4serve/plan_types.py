@@ -23,6 +23,12 @@ class Overrides:
     # DeepGEMM warmup (--warmup or the user's VLLM_DEEP_GEMM_WARMUP; None = the profile's or relax).
     jit_cache_env: tuple[tuple[str, str], ...] = ()
     deep_gemm_warmup: str | None = None
+    # Several nodes (planning/): the strategy (None = the planner's), vLLM's executor across nodes
+    # (mp: its own multiprocessing backend, ray: a running Ray cluster), and the head's address.
+    strategy: str | None = None
+    executor: str = "mp"
+    master_addr: str | None = None  # None: the commands show HEAD_ADDR
+    master_port: int = 29501  # vLLM's default; DP+EP uses it as --data-parallel-rpc-port
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,16 @@ class KvSummary:
 
 
 @dataclass(frozen=True)
+class NodePlan:
+    """What one node runs: the head serves the API, each worker runs its share headless."""
+
+    rank: int
+    role: str  # "head" | "worker"
+    argv: tuple[str, ...]  # the whole command: `vllm serve MODEL ...` (or `ray start ...` for Ray workers)
+    env: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     profile: str
     device: str  # "cuda" | "cpu"
@@ -81,3 +97,10 @@ class Plan:
     suggestions: tuple[str, ...] = ()  # layouts that would fit, e.g. "8xH200"
     verdict: str = ""  # one line: "fits on 2x H200", or the main reason it does not
     kv: KvSummary | None = None  # how the KV cache was sized (GPU path)
+    # Parallelism (planning/strategy.py): tp | tp-ep | dp-ep | tp-pp, why, and the sizes besides TP.
+    strategy: str = "tp"
+    strategy_reason: str = ""
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    executor: str = "mp"
+    nodes: tuple[NodePlan, ...] = ()  # one per node, the head first; `args`/`env` above are the head's

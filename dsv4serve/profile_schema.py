@@ -13,6 +13,7 @@ from typing import Any
 
 from dsv4serve.errors import oneline
 from dsv4serve.hub_names import valid_repo_id, valid_revision
+from dsv4serve.planning import STRATEGIES
 from dsv4serve.profile_types import HardwareRule, KvCache, Profile
 from dsv4serve.profile_yaml import KINDS, STR_HINT, Loc, LocatedList, LocatedMap, fail, join, kind
 from dsv4serve.vllm_flags import MIN_MODEL_LEN, profile_arg_problem
@@ -309,13 +310,21 @@ def _check_rule(need: Any, i: int, rule: HardwareRule, heads: int) -> None:
     """A hardware rule must describe a layout vLLM can start."""
     tp = rule.tensor_parallel_size
     need(rule.gpus > 0, ("hardware", i, "gpus"), "must be positive", "the number of GPUs this rule is for")
+    need(rule.nodes > 0, ("hardware", i, "nodes"), "must be positive", "nodes of `gpus` GPUs each, e.g. 2")
     need(rule.min_vram_gib > 0, ("hardware", i, "min_vram_gib"), "must be positive", "GiB per GPU, e.g. 75")
     need(tp > 0, ("hardware", i, "tensor_parallel_size"), "must be positive", "usually the GPU count")
+    total = rule.gpus * rule.nodes  # TP may span nodes (TP 16 over 2 nodes of 8)
     need(
-        tp <= rule.gpus and rule.gpus % tp == 0,
+        tp <= total and total % tp == 0,
         ("hardware", i, "tensor_parallel_size"),
-        f"{tp} does not divide hardware[{i}].gpus ({rule.gpus})",
+        f"{tp} does not divide the {total} GPUs of hardware[{i}] (gpus x nodes)",
         "use the GPU count or a divisor of it",
+    )
+    need(
+        rule.strategy is None or rule.strategy in STRATEGIES,
+        ("hardware", i, "strategy"),
+        f"{rule.strategy!r} is not a strategy",
+        f"use one of {', '.join(STRATEGIES)}",
     )
     need(
         heads % tp == 0,

@@ -34,6 +34,9 @@ class Model:
     weights_bytes: int = 0  # size of the checkpoint on disk == bytes loaded onto GPUs
     kv_bytes_per_token: int = 0  # KV cache bytes per token, all layers, at serve.kv_cache_dtype
     kv_cache: KvCache | None = None  # structured cache (V4): replaces kv_bytes_per_token in the planner
+    # Routed experts' share of weights_bytes: data parallel + expert parallel replicates the rest (the
+    # dense weights) on every GPU. 0 = unknown: DP+EP is then planned with every weight replicated.
+    expert_weights_bytes: int = 0
     max_context: int = 0  # max_position_embeddings
     min_compute_capability: str = "0.0"  # "9.0"
 
@@ -65,11 +68,13 @@ class Serve:
 
 @dataclass(frozen=True)
 class HardwareRule:
-    """A supported layout: this many GPUs of at least this much memory use this TP size."""
+    """A supported layout: this many GPUs (per node) of at least this much memory use this TP size."""
 
     gpus: int
     min_vram_gib: float
     tensor_parallel_size: int
+    nodes: int = 1  # nodes of `gpus` GPUs each
+    strategy: str | None = None  # tp | tp-ep | dp-ep | tp-pp (planning.strategy); None = the planner's
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,9 @@ def mask_text(text: str) -> str:
 
 
 def masked_plan(plan: Any) -> Any:
-    """A Plan for showing: secret env values and credential flags masked."""
-    return dataclasses.replace(plan, env=masked_env(plan.env), args=masked_args(plan.args))
+    """A Plan for showing: secret env values and credential flags masked (every node's too)."""
+    nodes = tuple(dataclasses.replace(n, env=masked_env(n.env), argv=masked_args(n.argv)) for n in plan.nodes)
+    return dataclasses.replace(plan, env=masked_env(plan.env), args=masked_args(plan.args), nodes=nodes)
 
 
 def masked_profile(data: dict) -> dict:

@@ -47,7 +47,8 @@ def plan_for(name: str, hardware: str, **overrides):
     profile = load_profile(name)
     if profile.model.generate:
         overrides.setdefault("model_location", TINY_PATH)
-    return make_plan(profile, parse_hardware(hardware).gpus, Overrides(**overrides), host_cpus=2)
+    inventory = parse_hardware(hardware)
+    return make_plan(profile, inventory.gpus, Overrides(**overrides), host_cpus=2, nodes=inventory.nodes)
 
 
 def golden_text(plan) -> str:
@@ -116,7 +117,7 @@ def test_pro_on_8xh100_names_what_would_fit():
     plan = plan_for("pro", "8xH100-80GB")
     assert not plan.fits
     assert "needs more memory" in plan.verdict
-    assert "8xH200" in plan.suggestions and "16xH100-80GB" in plan.suggestions
+    assert "8xH200" in plan.suggestions and "2x8xH100-80GB" in plan.suggestions  # two nodes of 8
     assert all(not s.startswith(("8xH100", "8xL40S")) for s in plan.suggestions)
 
 
@@ -300,7 +301,7 @@ def test_cli_plan_pro_8xh100_exits_3_after_printing(run_cli):
     assert result.exit_code == 3
     assert "DOES NOT FIT" in result.stdout  # the table and argv come first
     assert "needs more memory" in result.stderr and "8xH200" in result.stderr
-    assert "16xH100-80GB" in result.stderr
+    assert "2x8xH100-80GB" in result.stderr
 
 
 def test_cli_plan_pro_8xh100_json_still_printed(run_cli):
