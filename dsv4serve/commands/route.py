@@ -139,9 +139,12 @@ def _serve(profile, flash, pro, host: str, port: int, key_files, as_json: bool) 
         out = console()
         out.print(f"router {profile.name} ready: {url}/v1  (model: {ROUTER_MODEL})", markup=False)
         for name, s in state.items():
-            where = (
-                f"model {s['model']}" if s["up"] else "not answering: its requests go to Flash until it does"
+            then = (
+                "its requests go to Flash until it answers"
+                if name == "pro"
+                else "requests fail until it answers"
             )
+            where = f"model {s['model']}" if s["up"] else f"{s['error']}: {then}"
             out.print(f"  {name:5}  {s['url']}  {where}  ({keys[name]})", markup=False)
         body = f'{{"model": "{ROUTER_MODEL}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
         curl = f"curl -i {url}/v1/chat/completions -H 'Content-Type: application/json' -d {shlex.quote(body)}"
