@@ -80,9 +80,9 @@ def download_weights(
         ensure_complete(path, model.allow_patterns)
         return DownloadResult(path=path, source="path")
     if model.generate:
-        from dsv4serve import tiny  # the launcher's generator, imported only when needed
+        from dsv4serve.generated import ensure_checkpoint  # tiny or a V4 shape, imported when needed
 
-        path = Path(tiny.ensure_checkpoint(model.generate))
+        path = ensure_checkpoint(model.generate)
         return DownloadResult(path=path, source="generate")
     if not model.repo:
         raise DownloadError(

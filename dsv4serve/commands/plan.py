@@ -53,15 +53,33 @@ def resolve_inventory(profile, hardware: str | None = None, device: str | None =
     except HardwareError as err:
         if profile.cpu_ok and device is None:
             return cpu_inventory(), (f"no usable NVIDIA GPU ({err.message}): planning the CPU path",)
-        raise
+        if profile.cpu_ok:
+            raise
+        raise _gpu_required(profile, err.message) from err
     if not inventory.gpus and profile.cpu_ok and device is None:
         return cpu_inventory(), ("no GPU visible (CUDA_VISIBLE_DEVICES?): planning the CPU path",)
+    if not inventory.gpus and not profile.cpu_ok:
+        raise _gpu_required(profile, "NVML shows no GPU (or CUDA_VISIBLE_DEVICES hides them)")
     if not inventory.gpus:
         raise HardwareError(
             f"no GPU visible to plan {profile.name} on (NVML found none, or CUDA_VISIBLE_DEVICES hides them)",
             "check `nvidia-smi` and CUDA_VISIBLE_DEVICES, or plan with --hardware 2xH200",
         )
     return inventory, ()
+
+
+def _gpu_required(profile, why: str):
+    """The refusal of a GPU-only profile without a GPU, before anything is generated or downloaded."""
+    from dsv4serve.errors import HardwareError
+
+    cc = profile.model.min_compute_capability
+    # vLLM's CPU build has no kernels for V4's sparse attention, mHC or FP8/MXFP4 layers.
+    v4 = " (vLLM's CPU build cannot run DeepSeek-V4)" if profile.model.kv_cache is not None else ""
+    gpus = profile.hardware[0].gpus if profile.hardware else 1
+    return HardwareError(
+        f"profile {profile.name!r} needs an NVIDIA GPU of compute capability {cc}+{v4}; {why}",
+        f"run it on such a GPU, or see its plan with `dsv4serve plan {profile.name} --hardware {gpus}xH200`",
+    )
 
 
 def default_model_location(profile) -> str | None:
@@ -71,9 +89,9 @@ def default_model_location(profile) -> str | None:
     location = from_profile(profile)
     if location or not profile.model.generate:
         return location
-    from dsv4serve import tiny
+    from dsv4serve.generated import checkpoint_dir
 
-    return str(tiny.checkpoint_dir(profile.model.generate))
+    return str(checkpoint_dir(profile.model.generate))
 
 
 def plan_from_options(
