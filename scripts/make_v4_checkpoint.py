@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{written.total_bytes:,} bytes in all; "
         f"{seconds:.1f} s with {jobs} jobs ({rate:.2f} GiB/s)"
     )
+    if spec.name != "tiny-v4":  # tiny-v4 has its built-in profile; a flash-shaped one needs a user profile
+        path = written.path.resolve()
+        model = f"{{repo: null, revision: null, path: {path}}}"
+        print(f"serve it with a profile: extends: {spec.name}, model: {model}")
     return 0
 
 
