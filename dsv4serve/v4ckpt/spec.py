@@ -78,6 +78,7 @@ TINY_V4 = V4Spec(
 # safetensors header reads: model-00002-of-00046 holds layer 0 (tid2eid I64 [129280, 6], wq_a F8_E4M3
 # [1024, 4096] + F8_E8M0 [8, 32], experts.N.w1 I8 [2048, 2048] + F8_E8M0 [2048, 128]);
 # model-00046-of-00046 holds only mtp.0.* (1,575 tensors, e_proj/h_proj F8_E4M3 [4096, 4096]).
+# Not copied: bos/eos ids (the real 0/1; ours follow the generated tokenizer, specials last).
 FLASH = V4Spec(
     name="flash",
     hidden_size=4096,
