@@ -7,15 +7,16 @@ well inside a device call's 10 minutes, writing raw data (JSON, logs) to OUT:
     PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_v4.py smoke $OUT --gpus 2
     PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_v4.py sigkill $OUT --gpus 2
     PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_v4.py bench $OUT --gpus 1 [--cold]
-    PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_v4.py cli-smoke $OUT --gpus 1,2
 
 smoke: `up PROFILE --gpus N` as a user runs it, then a plain, a reasoning (thinking), a tools and a
 streaming request; vLLM's memory lines, NVML per GPU while ready, the plan's JSON, the phase times;
-SIGINT, and how long until the GPUs are free. sigkill: the same start, then SIGKILL of dsv4serve itself.
+SIGINT (--stop kill: SIGKILL of dsv4serve), and how long until the GPUs are free. sigkill: the same
+start without the requests, then SIGKILL of dsv4serve itself.
 bench: a warm `up` against a bare `vllm serve` with the same argv and environment (JIT caches
-included), alternating; --cold first empties the JIT cache (one cold `up`). cli-smoke: `dsv4serve smoke`.
+included), alternating; --cold first empties the JIT cache (one cold `up`).
 Caches and the generated checkpoint live under XDG_CACHE_HOME (default /tmp/gpuv4/xdg here: /tmp
-survives between calls while the machine stays warm); state.json there keeps the cold figures.
+survives between calls while the machine stays warm); /tmp/gpuv4/state.json keeps the cold figures.
+NAME.partial.json is rewritten at each stage, so a call cut at its time limit still returns data.
 """
 
 from __future__ import annotations
@@ -182,9 +183,8 @@ class Up:
 
     def __init__(self, out: Path, name: str, profile: str, gpus: str, port: int, timeout: float, extra=()):
         self.stderr = out / f"{name}.stderr.log"
-        where = (
-            ["--gpus", gpus] if gpus != "cpu" else []
-        )  # cpu: the tiny profile on the CPU build (a dry run)
+        # cpu: the tiny profile on the CPU build, a dry run of this script without a GPU
+        where = ["--gpus", gpus] if gpus != "cpu" else []
         argv = [*CLI, "up", profile, *where, "--port", str(port), "--json", "--timeout", str(timeout)]
         self.argv = argv + list(extra)
         self.t0 = time.monotonic()
@@ -299,13 +299,20 @@ def measure_ready(
         for g in gpus
         if expected.get(g) and used[g] > baseline[g]
     }
+    partial(up, entry)
     if not args.no_requests:
         entry["requests"] = requests(args.port, ready["model"])
+        partial(up, entry)
     t0 = time.monotonic()
     entry["stop_signal"] = signal.Signals(stop_sig).name
     entry["up_rc"] = up.stop(stop_sig)
     entry["up_exit_s"] = round(time.monotonic() - t0, 2)
     entry.update(released(gpus, baseline, ready["pid"], t0, args.port))
+
+
+def partial(up: Up, entry: dict) -> None:
+    path = up.stderr.with_name(up.stderr.name.replace(".stderr.log", ".partial.json"))
+    path.write_text(json.dumps(entry, indent=1, default=str))
 
 
 def released(gpus: list[int], baseline: dict, pgid: int, t0: float, port: int, limit: float = 90) -> dict:
@@ -333,7 +340,7 @@ def released(gpus: list[int], baseline: dict, pgid: int, t0: float, port: int, l
 
 def cmd_smoke(out: Path, args, state: dict) -> dict:
     key = f"smoke-tp{args.gpus.replace(',', '_')}"
-    entry = serve_and_check(out, args, key, signal.SIGINT)
+    entry = serve_and_check(out, args, key, signal.SIGKILL if args.stop == "kill" else signal.SIGINT)
     if entry.get("cache_before", {}).get("files") == 0 and entry.get("ready"):  # a cold start: keep it
         state.setdefault("cold", {})[args.gpus] = {"from": key, **cold_record(entry)}
     return {key: entry}
@@ -481,34 +488,9 @@ def cmd_bench(out: Path, args, state: dict) -> dict:
     return {f"bench-tp{args.gpus}": res}
 
 
-def cmd_cli_smoke(out: Path, args, state: dict) -> dict:
-    res = {}
-    for gpus in args.gpus.split(","):
-        extra = ["--warmup", args.warmup] if args.warmup else []
-        argv = [
-            *CLI,
-            "smoke",
-            args.profile,
-            "--gpus",
-            gpus,
-            "--json",
-            "--port",
-            str(args.port),
-            "--timeout",
-            str(args.timeout),
-            *extra,
-        ]
-        run = gv.run(argv, out, f"cli-smoke-tp{gpus}", timeout=args.timeout + 120)
-        try:
-            res[f"tp{gpus}"] = {"rc": run["rc"], "wall_s": run["wall_s"], **json.loads(run["stdout"])}
-        except (json.JSONDecodeError, TypeError):
-            res[f"tp{gpus}"] = {"rc": run["rc"], "wall_s": run["wall_s"], "stdout": run["stdout"][-2000:]}
-    return {"cli-smoke": res}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("command", choices=["smoke", "sigkill", "bench", "cli-smoke"])
+    ap.add_argument("command", choices=["smoke", "sigkill", "bench"])
     ap.add_argument("out", type=Path)
     ap.add_argument("--profile", default="tiny-v4")
     ap.add_argument("--gpus", default="1")
@@ -518,6 +500,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="bench: warm up/bare pairs")
     ap.add_argument("--cold", action="store_true", help="bench: one cold up first (empties the JIT cache)")
     ap.add_argument("--no-requests", action="store_true")
+    ap.add_argument(
+        "--stop", choices=["int", "kill"], default="int", help="smoke: SIGINT or SIGKILL dsv4serve"
+    )
     a = ap.parse_args()
     a.extra = ["--warmup", a.warmup] if a.warmup else []
     os.environ.setdefault("XDG_CACHE_HOME", str(WORK / "xdg"))
@@ -525,7 +510,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     state_path = WORK / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    commands = {"smoke": cmd_smoke, "sigkill": cmd_sigkill, "bench": cmd_bench, "cli-smoke": cmd_cli_smoke}
+    commands = {"smoke": cmd_smoke, "sigkill": cmd_sigkill, "bench": cmd_bench}
     results: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "argv": sys.argv,
