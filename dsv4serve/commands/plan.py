@@ -8,6 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from dsv4serve.nodes.options import (
+    DEFAULT_MASTER_PORT,
+    ExecutorOpt,
+    MasterAddrOpt,
+    MasterPortOpt,
+    NodesOpt,
+    StrategyOpt,
+)
 from dsv4serve.options import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -109,8 +117,10 @@ def plan_from_options(
     model_location: str | None = None,
     device: str | None = None,
     warmup: str | None = None,
+    node_options=None,
 ):
-    """Load the profile, take stock of the GPUs, select them, and plan: returns (profile, plan)."""
+    """Load the profile, take stock of the GPUs, select them, and plan: returns (profile, plan).
+    node_options (nodes.options.NodeOptions): nodes, strategy, executor, the head's address."""
     from dsv4serve.commands.profiles import announce_shadowing
     from dsv4serve.hardware import select_gpus
     from dsv4serve.plan import Overrides, make_plan
@@ -120,6 +130,10 @@ def plan_from_options(
     profile = load_profile(profile_name, profile_dirs=tuple(profile_dirs or ()))
     announce_shadowing(profile_name, profile_dirs or ())
     inventory, notes = resolve_inventory(profile, hardware, device)
+    from dsv4serve.nodes.options import NodeOptions, with_nodes
+
+    node_options = node_options or NodeOptions()
+    inventory = with_nodes(inventory, node_options.nodes)  # one node's GPUs, times the nodes
     selection = select_gpus(inventory, gpus)
     overrides = Overrides(
         model_location=model_location or default_model_location(profile),
@@ -131,6 +145,7 @@ def plan_from_options(
         extra_args=tuple(extra_args),
         device=device or ("cpu" if not inventory.gpus else None),
         **startup_overrides(warmup),
+        **node_options.overrides(),
     )
     # vLLM flags after `--` that the planner decides become its settings, or are refused (exit 2).
     profile, overrides = settle_overrides(profile, overrides)
@@ -140,6 +155,7 @@ def plan_from_options(
         overrides,
         host_memory=inventory.host_memory_total,
         host_cpus=inventory.host_cpus,
+        nodes=inventory.nodes,
     )
     if notes or selection.notes:
         plan = dataclasses.replace(plan, notes=(*notes, *selection.notes, *plan.notes))
@@ -185,8 +201,9 @@ def _gib(n: int) -> str:
     return gib(n, unit="") if n else "-"
 
 
-def render_plan(plan, as_json: bool = False) -> None:
-    """The per-GPU memory budget, the verdict, notes, problems and the pasteable command (or JSON)."""
+def render_plan(plan, as_json: bool = False, up: Sequence[str] = ()) -> None:
+    """The per-GPU memory budget, the verdict, notes, problems and the pasteable command (or JSON).
+    Several nodes: each node's command, and `up` + its node options to run it under dsv4serve."""
     from dsv4serve.plan import plan_to_dict, shell_line
     from dsv4serve.redact import masked_plan
     from dsv4serve.render import console, print_json
@@ -199,10 +216,12 @@ def render_plan(plan, as_json: bool = False) -> None:
 
     out = console()
     where = "CPU" if plan.device == "cpu" else f"{len(plan.gpus)}x {plan.gpus[0].name}"
-    table = Table(
-        title=f"plan {plan.profile} on {where}: TP {plan.tensor_parallel_size}, "
-        f"max_model_len {plan.max_model_len}"
-    )
+    layout = f"TP {plan.tensor_parallel_size}"
+    if len(plan.nodes) > 1:  # the table is one node's, and every node is alike
+        from dsv4serve.nodes.show import layout_title
+
+        where, layout = f"{len(plan.nodes)} nodes x {where} (each alike)", layout_title(plan)
+    table = Table(title=f"plan {plan.profile} on {where}: {layout}, max_model_len {plan.max_model_len}")
     for column in ("device", "name", "weights", "KV cache", "overhead", "total", "budget", "free", "fits"):
         table.add_column(column, justify="left" if column in ("device", "name") else "right")
     for row in plan.memory:
@@ -237,6 +256,14 @@ def render_plan(plan, as_json: bool = False) -> None:
     for problem in plan.problems:
         out.print(f"problem: {problem}")
     out.print(f"verdict: {plan.verdict}" if plan.fits else f"verdict: DOES NOT FIT: {plan.verdict}")
+    if len(plan.nodes) > 1:
+        from dsv4serve.nodes.show import node_lines
+
+        for line in node_lines(plan, list(up) or ["dsv4serve", "up", plan.profile]):
+            out.print(line, markup=False, crop=False, overflow="ignore")
+        return
+    if "pinned by" in plan.strategy_reason:
+        out.print(f"strategy: {plan.strategy_reason}", markup=False)
     out.print(shell_line(plan), markup=False, crop=False, overflow="ignore")
 
 
@@ -315,10 +342,21 @@ def register(app: typer.Typer) -> None:
         tensor_parallel_size: TensorParallelOpt = None,
         device: DeviceOpt = None,
         warmup: WarmupOpt = None,
+        nodes: NodesOpt = None,
+        strategy: StrategyOpt = None,
+        executor: ExecutorOpt = "mp",
+        master_addr: MasterAddrOpt = None,
+        master_port: MasterPortOpt = DEFAULT_MASTER_PORT,
         profile_dir: ProfileDirOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Plan PROFILE: TP size, context, memory per GPU, the vLLM command (args after -- go to vLLM)."""
+        from dsv4serve.nodes.options import NodeOptions, check
+        from dsv4serve.nodes.show import up_prefix
+
+        node_options = check(
+            NodeOptions(nodes, 0, master_addr, master_port, strategy, executor), starting=False
+        )
         _, plan = plan_from_options(
             profile,
             profile_dirs=profile_dir or (),
@@ -332,6 +370,8 @@ def register(app: typer.Typer) -> None:
             extra_args=ctx.args,
             device=device,
             warmup=warmup,
+            node_options=node_options,
         )
-        render_plan(plan, as_json)
+        shared = dict(gpus=gpus, max_model_len=max_model_len, host=host, port=port, extra_args=ctx.args)
+        render_plan(plan, as_json, up_prefix(profile, plan, **shared))
         ensure_fits(plan)

@@ -13,6 +13,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from dsv4serve.nodes.options import (
+    DEFAULT_MASTER_PORT,
+    ExecutorOpt,
+    MasterAddrOpt,
+    MasterPortOpt,
+    NodeRankOpt,
+    NodesOpt,
+    StrategyOpt,
+)
 from dsv4serve.options import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -82,8 +91,10 @@ def prepare_launch(
     progress: bool = True,
     as_json: bool = False,
     warmup: str | None = None,
+    node_options=None,
 ):
-    """Plan (the planner's argv), make the weights local, and build the LaunchSpec: (plan, spec|None)."""
+    """Plan (the planner's argv), make the weights local, and build the LaunchSpec: (plan, spec|None).
+    node_options (nodes.options.NodeOptions): the spec is that node's (a worker's: headless)."""
     from dsv4serve.commands.plan import ensure_fits, plan_from_options, render_plan
     from dsv4serve.jit_cache import ensure_dirs
     from dsv4serve.launch import LaunchSpec, startup_timeout
@@ -109,6 +120,7 @@ def prepare_launch(
         port=port,
         extra_args=tuple(extra_args),
         warmup=warmup,
+        node_options=node_options,
     )
     profile, plan = plan_from_options(profile_name, **options)
     if dry_run:
@@ -141,6 +153,10 @@ def prepare_launch(
         log_path=log_path(profile.name),
         gpu_memory_before=before,
     )
+    if len(plan.nodes) > 1 and node_options is not None:  # this node's own command (nodes/supervise.py)
+        from dsv4serve.nodes.supervise import node_spec
+
+        spec = node_spec(spec, plan, node_options.node_rank, VLLM_MAIN)
     return plan, spec
 
 
@@ -247,12 +263,23 @@ def register(app: typer.Typer) -> None:
         dry_run: DryRunOpt = False,
         no_download: NoDownloadOpt = False,
         warmup: WarmupOpt = None,
+        nodes: NodesOpt = None,
+        node_rank: NodeRankOpt = 0,
+        master_addr: MasterAddrOpt = None,
+        master_port: MasterPortOpt = DEFAULT_MASTER_PORT,
+        strategy: StrategyOpt = None,
+        executor: ExecutorOpt = "mp",
         profile_dir: ProfileDirOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Serve PROFILE with vLLM in the foreground until Ctrl-C (args after -- go to vLLM)."""
+        """Serve PROFILE with vLLM in the foreground until Ctrl-C (args after -- go to vLLM). Several
+        nodes: the same command on each, with --nodes N, its own --node-rank and the head's --master-addr."""
         from dsv4serve.launch import run_server
+        from dsv4serve.nodes.options import NodeOptions, check
         from dsv4serve.render import console, print_json
+
+        given = NodeOptions(nodes, node_rank, master_addr, master_port, strategy, executor)
+        node_options = check(given, starting=not dry_run)
 
         plan, spec = prepare_launch(
             profile,
@@ -270,11 +297,17 @@ def register(app: typer.Typer) -> None:
             progress=not as_json,
             as_json=as_json,
             warmup=warmup,
+            node_options=node_options,
         )
         if spec is None:
             return
 
         def on_ready(server) -> None:
+            if spec.headless:
+                from dsv4serve.nodes.show import worker_ready
+
+                worker_ready(server, plan, node_rank, master_addr, as_json)
+                return
             url, model = server.base_url, spec.served_model_name
             if as_json:
                 print_json(
@@ -295,7 +328,12 @@ def register(app: typer.Typer) -> None:
             out.print(_curl_line(url, model), markup=False, crop=False, overflow="ignore")
             out.print(f"log: {spec.log_path}   Ctrl-C stops the server", markup=False)
 
-        code = run_server(spec, terminal_notify(), on_ready)
+        if len(plan.nodes) > 1 and executor == "mp":  # this node's vLLM, and the line to the others
+            from dsv4serve.nodes.supervise import run_node
+
+            code = run_node(spec, plan, node_rank, master_addr, master_port, terminal_notify(), on_ready)
+        else:
+            code = run_server(spec, terminal_notify(), on_ready)
         if code:
             raise typer.Exit(code)
 

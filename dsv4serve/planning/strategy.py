@@ -151,7 +151,9 @@ def choose_layouts(
         name, why = (pin.strategy, pin.pinned) if pin else (default_strategy(profile), "")
         return Choice(tuple(Layout(name, tp, pinned=why) for tp in tps), tuple(problems), tuple(notes))
     if pin is not None:
-        return Choice((pin,), tuple(_layout_problems(pin, profile, count)))
+        return Choice(
+            (pin,), tuple(_layout_problems(pin, profile, count)), tuple(_expert_note(profile, [pin]))
+        )
     total = count * nodes
     if profile.serve.enable_expert_parallel:  # a MoE profile: the recipes' multi-node DP+EP, then TP+EP
         layouts = [Layout("dp-ep", 1, dp=total, nodes=nodes), Layout("tp-ep", total, nodes=nodes)]
