@@ -50,10 +50,29 @@ _register()
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+_built = []
+
+
+def _command():
+    """The click command of the app, built once (typer builds it on every app() call: ~40 ms)."""
+    if not _built:
+        _built.append(typer.main.get_command(app))
+    return _built[0]
+
+
 def _wants_json(args: list[str]) -> bool:
     """--json among dsv4serve's own arguments (those after `--` go to vLLM)."""
     own = args[: args.index("--")] if "--" in args else args
     return "--json" in own
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe: stdout to /dev/null, so Python's exit flush does not print a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a captured stdout (tests) has no descriptor
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,27 +89,33 @@ def main(argv: list[str] | None = None) -> None:
     render.start()
 
     def fail(message: str, hint: str, code: int, multiline: bool = False) -> None:
-        if as_json:
-            render.print_json_error(message, hint, code)
-        else:
-            render.print_error(message, hint, multiline=multiline)
+        try:
+            if as_json:
+                render.print_json_error(message, hint, code)
+            else:
+                render.print_error(message, hint, multiline=multiline)
+        except OSError:  # the reader went away (`| head`): nobody is left to tell
+            _quiet_stdout()
         sys.exit(code)
 
     try:
-        code = app(args=args, prog_name="dsv4serve", standalone_mode=False)
+        code = _command().main(args=args, prog_name="dsv4serve", standalone_mode=False)
     except DsvError as err:
         if debug:
             raise
         fail(err.message, err.hint, err.exit_code, err.multiline)
-    except _CLICK_ERROR as err:  # bad flags and values: click's words, our exit code
-        if as_json:
-            fail(err.format_message(), "see --help", EXIT_USAGE)
-        err.show()
-        sys.exit(EXIT_USAGE)
+    except _CLICK_ERROR as err:  # bad flags and values: click's words, our one line and exit code
+        if type(err).__name__ == "NoArgsIsHelpError":  # `dsv4serve` alone: the help is the answer
+            err.show()
+            sys.exit(EXIT_USAGE)
+        ctx = getattr(err, "ctx", None)
+        fail(err.format_message(), f"see `{ctx.command_path if ctx else 'dsv4serve'} --help`", EXIT_USAGE)
     except (KeyboardInterrupt, typer.Abort):
         sys.exit(EXIT_SIGNAL_BASE + 2)
     except SystemExit as stop:
         # typer turns a closed output pipe (`dsv4serve plan flash | head -1`) into exit 1; it is SIGPIPE.
+        if stop.code == 1:
+            _quiet_stdout()
         sys.exit(EXIT_SIGNAL_BASE + 13 if stop.code == 1 else stop.code)
     except Exception as err:  # a bug of ours: say so in one line, traceback only on request
         if debug:

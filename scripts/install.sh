@@ -24,5 +24,5 @@ else
     : > "$shim/RECORD"
   fi
 fi
-pip install -q pytest pytest-timeout ruff openai
+pip install -q pytest pytest-timeout ruff openai "hypothesis>=6.100"
 "$VENV/bin/python" -c 'import dsv4serve, vllm; print("installed dsv4serve", dsv4serve.__version__, "with vllm", vllm.__version__)'
