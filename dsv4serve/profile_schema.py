@@ -11,7 +11,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from dsv4serve.errors import oneline
+from dsv4serve.errors import ProfileError, oneline
 from dsv4serve.hub_names import valid_repo_id, valid_revision
 from dsv4serve.planning import STRATEGIES
 from dsv4serve.profile_types import HardwareRule, KvCache, Profile
@@ -187,6 +187,13 @@ def check(profile: Profile, doc: LocatedMap) -> None:
     bad_arg = profile_arg_problem(serve.extra_args)
     if bad_arg:
         need(False, ("serve", "extra_args", bad_arg[0]), bad_arg[1], bad_arg[2])
+    if model.generate:  # an unknown name failed only at plan time, without the file
+        from dsv4serve.generated import checkpoint_dir  # the generators' own list of names
+
+        try:
+            checkpoint_dir(model.generate)
+        except ProfileError as err:
+            need(False, ("model", "generate"), err.message, err.hint)
     need(
         serve.max_model_len >= MIN_MODEL_LEN or "max_model_len" not in doc.get("serve", {}),
         ("serve", "max_model_len"),

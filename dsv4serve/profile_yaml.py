@@ -66,8 +66,12 @@ class MarkedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml pa
         """Turn a composed node into LocatedMap/LocatedList/scalars, naming the field path on errors."""
         at = (self.file, node.start_mark.line + 1)
         self.count += 1
-        if id(node) in stack or self.count > _MAX_NODES:
-            raise fail(at, path, "recursive or exploding YAML aliases", "write the values out")
+        if id(node) in stack:
+            raise fail(at, path, "a YAML alias that contains itself", "write the values out")
+        if self.count > _MAX_NODES:
+            raise fail(
+                at, path, f"more than {_MAX_NODES} values (exploding YAML aliases?)", "write the values out"
+            )
         if len(stack) >= MAX_DEPTH:
             raise fail(
                 at, path, f"nested deeper than {MAX_DEPTH} levels", "check the indentation and brackets"
