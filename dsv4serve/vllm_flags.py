@@ -29,7 +29,7 @@ _HUMAN_RE = re.compile(r"([0-9]{1,13})(?:\.([0-9]{1,6}))?([kKmMgGtT])")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?", re.ASCII)
 
-_MULTI_NODE = "dsv4serve plans parallelism and nodes: use --gpus and --tp, --strategy, or --nodes N --node-rank K"
+_MULTI_NODE = "dsv4serve plans parallelism and nodes: use --gpus and --tp, --strategy, or --nodes"
 _MEMORY = "it changes the memory the planner budgets: write a profile (extends: ...) with its facts"
 
 
