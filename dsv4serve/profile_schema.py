@@ -16,6 +16,7 @@ from dsv4serve.hub_names import valid_repo_id, valid_revision
 from dsv4serve.planning import STRATEGIES
 from dsv4serve.profile_types import HardwareRule, KvCache, Profile
 from dsv4serve.profile_yaml import KINDS, STR_HINT, Loc, LocatedList, LocatedMap, fail, join, kind
+from dsv4serve.redact import is_secret
 from dsv4serve.vllm_flags import MIN_MODEL_LEN, profile_arg_problem
 from dsv4serve.vllm_version import check_version_text
 
@@ -116,11 +117,12 @@ def _convert_tuple(value: Any, item: Any, path: str, at: Loc) -> tuple:
                     value.where[key], join(path, key), "not a valid variable name", "use A-Z, 0-9 and _"
                 )
             if not isinstance(val, str):
+                secret = is_secret(key)  # a token's value is never shown, not even in an error
                 raise fail(
                     value.where[key],
                     join(path, key),
-                    f"expected a string, got {kind(val)}",
-                    f'quote the value: {key}: "{val}"',
+                    f"expected a string, got {kind(val, show=not secret)}",
+                    f'quote the value: {key}: "{"..." if secret else val}"',
                 )
             pairs.append((key, val))
         return tuple(sorted(pairs))

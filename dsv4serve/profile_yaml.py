@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from dsv4serve.errors import ProfileError, oneline
+from dsv4serve.redact import is_secret
 
 _MAX_NODES = 20000  # alias bombs expand exponentially; real profiles have ~100 nodes
 MAX_DEPTH = 32  # real profiles nest 4 deep; deeper is a mistake (and Python recursion is finite)
@@ -132,6 +133,8 @@ class MarkedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml pa
             text = str(node.value)
             if kind_ == "int" and len(text) > 30:
                 problem = f"a {len(text)}-character integer is far too large"
+            elif is_secret(path.rsplit(".", 1)[-1]):  # HF_TOKEN: !!int hf_x: never show a secret
+                problem = f"the value is not a valid YAML {kind_}"
             else:
                 shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
                 problem = f"{shown} is not a valid YAML {kind_} ({oneline(err, 80)})"
@@ -207,12 +210,14 @@ def read_bounded(path: Path, file: str) -> bytes:
     return data
 
 
-def kind(value: Any) -> str:
-    """How a YAML value reads in an error: its kind, and the value itself when short."""
+def kind(value: Any, show: bool = True) -> str:
+    """How a YAML value reads in an error: its kind, and the value itself when short (and `show`)."""
     if value is None:
         return "null"
     if isinstance(value, (dict, list)):
         return "a mapping" if isinstance(value, dict) else "a list"
+    if not show:
+        return KINDS.get(type(value), "a value")
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"an integer of {value.bit_length()} bits"  # repr() refuses past 4,300 digits
     shown = str(value).lower() if isinstance(value, bool) else repr(value)  # as YAML writes it
