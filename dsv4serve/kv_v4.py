@@ -2,9 +2,10 @@
 
 From the compress ratios this derives the KV objects each layer registers, vLLM's grouping of them into
 one shared block pool, the bytes one block id costs (the stride), the blocks a sequence holds, the
-start-up check for max_model_len, and what a pool of a given size holds. The figures and the vLLM
-source lines behind them are in shared/facts/deepseek-v4-kv-cache.md. Every spec has one KV head and
-none is divided by TP, so every figure here is per GPU at any TP size.
+start-up check for max_model_len, what a pool of a given size holds, and what vLLM logs about that
+pool ("GPU KV cache size", "Maximum concurrency"). The figures and the vLLM source lines behind them are
+in shared/facts/deepseek-v4-kv-cache.md. Every spec has one KV head and none is divided by TP, so every
+figure here is per GPU at any TP size.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ INDEX_SCALE_BYTES = 4  # the C4 indexer keeps one fp32 scale per 128 fp8 values 
 # GPU API server runs 2 batches at once with async scheduling (config/vllm.py:512-533).
 CONCURRENT_BATCHES = 2
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192  # the GPU API server's default (engine/arg_utils.py:2460-2470)
+DEFAULT_IN_FLIGHT = CONCURRENT_BATCHES * DEFAULT_MAX_NUM_BATCHED_TOKENS
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -76,9 +78,17 @@ class V4Layout:
         """Long-context bytes per token: what one more full block of 256 tokens costs."""
         return self.stride / self.block_size
 
+    def group_blocks(self, group: CacheGroup, length: int, in_flight: int = 1) -> int:
+        """Blocks one group holds for a sequence of `length` with `in_flight` new tokens: every block of
+        the full group, the window plus the tokens in flight of a sliding one (kv_cache_interface.py
+        FullAttentionSpec 258-263, SlidingWindowSpec.max_admission_blocks_per_request 566-597)."""
+        if group.window is None:
+            return _cdiv(length, group.block)
+        return _cdiv(min(group.window - 1 + in_flight, length), group.block) + 1
+
     def sliding_blocks(self, length: int, in_flight: int = 1) -> int:
         """Blocks the sliding groups hold for one sequence of `length` with `in_flight` new tokens."""
-        return sum(_cdiv(min(g.window - 1 + in_flight, length), g.block) + 1 for g in self.groups if g.window)
+        return sum(self.group_blocks(g, length, in_flight) for g in self.groups if g.window)
 
     @property
     def fixed_blocks_per_sequence(self) -> int:
@@ -97,14 +107,48 @@ class V4Layout:
         widest = max(g.max_layers_per_page() for g in self.groups)
         return pages * widest * sum(self.full_pages)
 
-    def capacity(self, pool_bytes: int, max_model_len: int) -> KvCapacity:
-        """What a KV pool of `pool_bytes` per GPU holds."""
-        blocks = max(pool_bytes, 0) // self.stride
+    def vllm_report(self, num_blocks: int, max_model_len: int, in_flight_tokens: int) -> VllmKvReport:
+        """What vLLM 0.26 logs for a pool of `num_blocks` block ids: "GPU KV cache size: S tokens" and
+        "Maximum concurrency for max_model_len tokens per request: X x" (kv_cache_utils.py 2163-2182).
+
+        X = num_blocks / cdiv(L x sum over groups of max_memory_usage_bytes, L x page_size_bytes of
+        group 0) (get_max_concurrency_for_kv_cache_config, kv_cache_utils.py 937-957; L, the most layer
+        names in a group, cancels). A DeepSeek-V4 group is a UniformTypeKVCacheSpecs: its page_size_bytes
+        is the sum of its layers' (padded) pages, its max_memory_usage_bytes its blocks per request times
+        that (kv_cache_interface.py 827-836). So vLLM weighs each group's blocks by the group's page sum
+        over the full group's, although in the shared pool every block id costs a whole stride.
+        S = int(X x max_model_len) (get_kv_cache_capacity, kv_cache_utils.py 1819-1829). The sliding
+        groups count `in_flight_tokens` = VllmConfig.max_in_flight_tokens (config/vllm.py 525-533), the
+        same T as the start-up check: T = 2 x 8192 reproduces the facts' Flash 10.31x / 10.8M and Pro
+        7.20x / 7.5M per 100 GiB at 1M. (vLLM 0.32 sums the groups' blocks unweighted: other figures.)"""
+        full_page = sum(self.groups[0].pages)
+        request_bytes = sum(
+            self.group_blocks(g, max_model_len, in_flight_tokens) * sum(g.pages) for g in self.groups
+        )
+        per_request = _cdiv(request_bytes, full_page)
+        concurrency = num_blocks / per_request
+        return VllmKvReport(num_blocks, per_request, concurrency, int(concurrency * max_model_len))
+
+    def capacity(self, pool_bytes: int, max_model_len: int, in_flight: int = DEFAULT_IN_FLIGHT) -> KvCapacity:
+        """What a KV pool of `pool_bytes` per GPU holds, and what vLLM will log about it with `in_flight`
+        tokens in flight."""
+        blocks = max(pool_bytes, 0) // self.stride  # _get_kv_cache_config_packed: available // stride
         return KvCapacity(
             blocks=blocks,
             tokens=blocks * self.block_size,
             max_len_sequences=blocks // self.sequence_blocks(max_model_len),
+            vllm=self.vllm_report(blocks, max_model_len, in_flight),
         )
+
+
+@dataclass(frozen=True)
+class VllmKvReport:
+    """vLLM 0.26's own capacity figures for one pool (see V4Layout.vllm_report)."""
+
+    num_blocks: int  # block ids in the shared pool (available KV memory // stride)
+    blocks_per_request: int  # what vLLM counts a max_model_len request as
+    max_concurrency: float  # "Maximum concurrency for M tokens per request: {:.2f}x"
+    tokens: int  # "GPU KV cache size: {:,} tokens" = int(max_concurrency x max_model_len)
 
 
 @dataclass(frozen=True)
@@ -112,6 +156,7 @@ class KvCapacity:
     blocks: int  # block ids in the shared pool
     tokens: int  # blocks x block_size: tokens of full-group capacity (vLLM's "GPU KV cache size" differs)
     max_len_sequences: int  # sequences of max_model_len that decode at once, sliding blocks included
+    vllm: VllmKvReport  # what vLLM logs about this pool
 
 
 def in_flight_tokens(max_num_batched_tokens: int | None) -> int:

@@ -135,3 +135,53 @@ def test_approximate_gcd_pads_least_and_prefers_the_larger_on_ties():
 def test_needs_a_compressed_layer():
     with pytest.raises(ValueError, match="compressed layer"):
         v4_layout(KvCache("deepseek_v4", (0, 0)))
+
+
+# --- what vLLM 0.26 logs: "GPU KV cache size: S tokens", "Maximum concurrency for M tokens ...: X x" -----
+
+
+@pytest.mark.parametrize(
+    ("name", "concurrency", "tokens_m"), [("flash", "10.31", 10.8), ("pro", "7.20", 7.5)]
+)
+def test_vllm_reports_the_facts_figures_for_a_100_gib_pool_at_1m(name, concurrency, tokens_m):
+    capacity = layout(name).capacity(100 * GiB, M1)
+    report = capacity.vllm
+    assert report.num_blocks == capacity.blocks
+    assert f"{report.max_concurrency:.2f}" == concurrency  # vLLM prints "%.2fx"
+    assert round(report.tokens / 1e6, 1) == tokens_m and report.tokens == int(report.max_concurrency * M1)
+    # far below the full group's capacity (26.4M / 18.7M): every sliding group counts T tokens in flight
+    assert report.tokens < capacity.tokens / 2
+
+
+@pytest.mark.parametrize("name", ["flash", "pro"])
+def test_only_two_batches_of_8192_in_flight_reproduce_the_facts(name):
+    lay, want = layout(name), {"flash": "10.31", "pro": "7.20"}[name]
+    blocks = 100 * GiB // lay.stride
+    matching = [
+        t for t in range(1024, 65537, 1024) if f"{lay.vllm_report(blocks, M1, t).max_concurrency:.2f}" == want
+    ]
+    assert matching == [T]
+
+
+def test_a_request_counts_each_groups_blocks_weighted_by_its_page_sum():
+    lay = layout("flash")
+    full = sum(lay.groups[0].pages)
+    weighted = sum(lay.group_blocks(g, M1, T) * sum(g.pages) for g in lay.groups)
+    report = lay.vllm_report(103_276, M1, T)
+    assert report.blocks_per_request == -(-weighted // full)
+    # neither the start-up check's page count (10,778) nor the blocks a long sequence holds (4,122)
+    startup_pages = M1 // 256 + lay.sliding_blocks(M1, T)
+    assert report.blocks_per_request not in (startup_pages, lay.sequence_blocks(M1))
+
+
+def test_tiny_v4_reproduces_the_logged_2_332_473_tokens():
+    # recipes/vllm-gpu-v4: TP 2, utilization 0.3 of an H200, max_model_len 4096 -> "GPU KV cache size:
+    # 2,332,473 tokens" (pool not recorded). At 4096 tokens the windows cover the whole length, so T does
+    # not matter; a pool of whole blocks gives that figure, and a plausible one: under the 0.3 x 140 GiB
+    # budget, above it less 5 GiB of weights and overhead.
+    lay = tiny()
+    per_request = lay.vllm_report(1, 4096, T).blocks_per_request
+    assert all(lay.vllm_report(1, 4096, t).blocks_per_request == per_request for t in (4096, 8192, 65536))
+    near = 2_332_473 * per_request // 4096
+    hits = [n for n in range(near - 3, near + 4) if lay.vllm_report(n, 4096, T).tokens == 2_332_473]
+    assert len(hits) == 1 and 37 * GiB < hits[0] * lay.stride < 42 * GiB
