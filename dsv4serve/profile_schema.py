@@ -13,6 +13,7 @@ from typing import Any
 
 from dsv4serve.errors import ProfileError, oneline
 from dsv4serve.hub_names import valid_repo_id, valid_revision
+from dsv4serve.memory_model import V4_BLOCK_SIZE
 from dsv4serve.planning import STRATEGIES
 from dsv4serve.profile_types import HardwareRule, KvCache, Profile
 from dsv4serve.profile_yaml import KINDS, STR_HINT, Loc, LocatedList, LocatedMap, fail, join, kind
@@ -247,6 +248,12 @@ def check(profile: Profile, doc: LocatedMap) -> None:
         ("serve", "block_size"),
         "must be positive",
         "DeepSeek-V4 needs 256",
+    )
+    need(  # its compressed caches split a block by the ratios (up to 128): block_size 1 divided by zero
+        not model.kv_cache or serve.block_size in (None, V4_BLOCK_SIZE),
+        ("serve", "block_size"),
+        f"{serve.block_size}: DeepSeek-V4's KV cache needs {V4_BLOCK_SIZE}-token blocks",
+        f"set block_size: {V4_BLOCK_SIZE} (or leave it out)",
     )
     need(
         re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", profile.name) is not None,

@@ -294,7 +294,7 @@ number_text = st.one_of(
     weird_text,
 )
 hardware = st.one_of(
-    st.sampled_from(["2xH200", "8xH200", "4xH100-80GB", "8xB200", "1xRTX4090", "2x48GiB@8.9", "1x8GiB@9.0"]),
+    st.sampled_from(["2xH200", "8xH200", "4xH100-80GB", "2x8xH100-80GB", "1xRTX4090", "2x48GiB@8.9", "1x8GiB@9.0"]),
     st.builds(
         lambda n, g: f"{n}x{g}",
         number_text,
