@@ -94,16 +94,20 @@ def kv_fit_len(profile: Profile, room: int, requested: int, tp: int, batched: in
     return low * block
 
 
-def kv_capacity(profile: Profile, pool: int, max_len: int, tp: int) -> tuple[int, int]:
-    """(tokens, concurrent max_len sequences) a KV pool of `pool` bytes per GPU holds. V4: whole blocks
-    of the shared pool, tokens of full-group capacity, each sequence ceil(L / 256) + its fixed blocks."""
+def kv_capacity(
+    profile: Profile, pool: int, max_len: int, tp: int, batched: int | None = None
+) -> tuple[int, int, int, float]:
+    """(tokens, concurrent max_len sequences, vLLM's logged tokens, vLLM's logged concurrency) of a KV
+    pool of `pool` bytes per GPU. V4: whole blocks of the shared pool, tokens of full-group capacity,
+    each sequence ceil(L / 256) + its fixed blocks; vLLM's own figures differ (V4Layout.vllm_report).
+    Elsewhere the last two are 0."""
     layout = kv_layout(profile)
     if layout is not None:
-        capacity = layout.capacity(pool, max_len)
-        return capacity.tokens, capacity.max_len_sequences
+        c = layout.capacity(pool, max_len, in_flight_tokens(batched))
+        return c.tokens, c.max_len_sequences, c.vllm.tokens, c.vllm.max_concurrency
     per_token = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, 1, tp)
     tokens = max(pool, 0) // per_token if per_token > 0 else 0
-    return tokens, tokens // max_len if max_len else 0
+    return tokens, tokens // max_len if max_len else 0, 0, 0.0
 
 
 def kv_summary(profile: Profile, max_len: int, tp: int, batched: int | None) -> KvSummary:

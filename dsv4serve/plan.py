@@ -341,9 +341,8 @@ def _fit_memory(
                 )
             )
     kv = kv_need_bytes(profile, max_len, tp, batched)
-    capacity = {
-        g.index: kv_capacity(profile, budgets[g.index] - weights - overhead, max_len, tp) for g in gpus
-    }
+    pools = {g.index: budgets[g.index] - weights - overhead for g in gpus}
+    capacity = {i: kv_capacity(profile, pool, max_len, tp, batched) for i, pool in pools.items()}
     rows = tuple(
         MemoryRow(
             str(g.index),
@@ -357,6 +356,8 @@ def _fit_memory(
             expected_used=budgets[g.index] + outside_budget_bytes(world),
             kv_capacity_tokens=capacity[g.index][0],
             kv_capacity_seqs=capacity[g.index][1],
+            vllm_kv_tokens=capacity[g.index][2],
+            vllm_max_concurrency=capacity[g.index][3],
         )
         for g in gpus
     )

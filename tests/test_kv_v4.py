@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
 
-from dsv4serve.hardware import GiB, MiB
+from dsv4serve.hardware import GiB, MiB, parse_hardware
 from dsv4serve.kv_v4 import approximate_gcd, in_flight_tokens, layer_specs, v4_layout
 from dsv4serve.memory_model import kv_need_bytes
+from dsv4serve.plan import Overrides, make_plan
 from dsv4serve.profile_types import KvCache
 from dsv4serve.profiles import load_profile
 
@@ -185,3 +187,56 @@ def test_tiny_v4_reproduces_the_logged_2_332_473_tokens():
     near = 2_332_473 * per_request // 4096
     hits = [n for n in range(near - 3, near + 4) if lay.vllm_report(n, 4096, T).tokens == 2_332_473]
     assert len(hits) == 1 and 37 * GiB < hits[0] * lay.stride < 42 * GiB
+
+
+# --- the plan shows them, for its expected pool (budget - weights - overhead) --------------------------
+
+
+def _pool(row):
+    return row.budget - row.weights - row.overhead
+
+
+@pytest.mark.parametrize(
+    ("name", "hardware", "batched"), [("flash", "2xH200", None), ("pro", "8xH200", 2048)]
+)
+def test_plan_rows_carry_what_vllm_will_report(name, hardware, batched):
+    extra = ("--max-num-batched-tokens", str(batched)) if batched else ()
+    p = make_plan(load_profile(name), parse_hardware(hardware).gpus, Overrides(extra_args=extra))
+    lay = layout(name)
+    for row in p.memory:
+        report = lay.vllm_report(_pool(row) // lay.stride, p.max_model_len, in_flight_tokens(batched))
+        assert (row.vllm_kv_tokens, row.vllm_max_concurrency) == (report.tokens, report.max_concurrency)
+        assert 0 < row.vllm_kv_tokens < row.kv_capacity_tokens
+
+
+def test_fewer_tokens_in_flight_raise_the_reported_concurrency():
+    def concurrency(*extra):
+        p = make_plan(load_profile("flash"), parse_hardware("2xH200").gpus, Overrides(extra_args=extra))
+        return p.memory[0].vllm_max_concurrency
+
+    assert (
+        concurrency("--max-num-batched-tokens", "2048")
+        > concurrency()
+        > concurrency("--max-num-batched-tokens", "32768")
+    )
+
+
+def test_per_token_plans_report_nothing_of_vllms():
+    p = make_plan(load_profile("tiny"), parse_hardware("1xL40S").gpus, Overrides(model_location="/m"))
+    assert (p.memory[0].vllm_kv_tokens, p.memory[0].vllm_max_concurrency) == (0, 0.0)
+
+
+def test_plan_text_and_json_show_vllms_figures(run_cli):
+    data = json.loads(run_cli("plan", "flash", "--hardware", "2xH200", "--json").stdout)
+    row = data["memory"][0]
+    out = run_cli("plan", "flash", "--hardware", "2xH200").stdout
+    line = next(x for x in out.splitlines() if x.startswith("vLLM will report"))
+    assert f"Available KV cache memory ~{_pool_gib(row)} GiB" in line
+    assert f"GPU KV cache size ~{row['vllm_kv_tokens']:,} tokens" in line
+    assert f"maximum concurrency ~{row['vllm_max_concurrency']:.2f}x for 1,048,576-token requests" in line
+    tiny_out = run_cli("plan", "tiny", "--hardware", "1xL40S").stdout
+    assert "vLLM will report" not in tiny_out
+
+
+def _pool_gib(row):
+    return f"{(row['budget'] - row['weights'] - row['overhead']) / GiB:.2f}"
