@@ -106,7 +106,8 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
             decision = decide.to_flash(decision, f"pro: {router.errors.get('pro')}")
             continue
         payload = {**body, "model": model} if model else body
-        request = router.client.build_request(
+        client = router.pool()
+        request = client.build_request(
             "POST",
             router.url(name, path),
             content=json.dumps(payload).encode(),
@@ -114,7 +115,7 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
         )
         metrics.proxy_seconds.observe(time.perf_counter() - t0 - decision.classifier_s)
         try:
-            resp = await router.client.send(request, stream=True)
+            resp = await client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:
             metrics.upstream_errors.labels(name, "connect").inc()
             if name == "pro":
