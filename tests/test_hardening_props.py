@@ -111,7 +111,8 @@ hardware:
   - {gpus: 2, min_vram_gib: 135, tensor_parallel_size: 2}
   - {gpus: 8, min_vram_gib: 75, tensor_parallel_size: 8}
 """
-STANDALONE = (Path(__file__).resolve().parent.parent / "profiles" / "flash.yaml").read_text()
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+BASES = [BASE, (PROFILES / "flash.yaml").read_text(), (PROFILES / "tiny-v4.yaml").read_text()]
 
 NASTY = [
     "2024-13-45",
@@ -211,6 +212,16 @@ KEYS = [
     "HF_TOKEN",
     "x",
     "",
+    "sliding_window",
+    "head_dim",
+    "layout",
+    "nodes",
+    "strategy",
+    "expert_weights_bytes",
+    "min_vllm_version",
+    "deep_gemm_warmup",
+    "max_num_batched_tokens",
+    "served_model_name",
 ]
 scalar = st.one_of(st.sampled_from(NASTY), st.text(max_size=20), st.integers().map(str))
 
@@ -218,7 +229,7 @@ scalar = st.one_of(st.sampled_from(NASTY), st.text(max_size=20), st.integers().m
 @st.composite
 def mutated(draw) -> str:
     """A profile text after a few random edits: values, keys, lines, indentation, bytes."""
-    lines = draw(st.sampled_from([BASE, STANDALONE])).splitlines()
+    lines = draw(st.sampled_from(BASES)).splitlines()
     for _ in range(draw(st.integers(1, 4))):
         i = draw(st.integers(0, len(lines) - 1))
         line = lines[i]
@@ -294,7 +305,9 @@ number_text = st.one_of(
     weird_text,
 )
 hardware = st.one_of(
-    st.sampled_from(["2xH200", "8xH200", "4xH100-80GB", "2x8xH100-80GB", "1xRTX4090", "2x48GiB@8.9", "1x8GiB@9.0"]),
+    st.sampled_from(
+        ["2xH200", "8xH200", "4xH100-80GB", "2x8xH100-80GB", "1xRTX4090", "2x48GiB@8.9", "1x8GiB@9.0"]
+    ),
     st.builds(
         lambda n, g: f"{n}x{g}",
         number_text,
