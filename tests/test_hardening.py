@@ -457,3 +457,17 @@ def test_a_problem_in_the_parent_follows_the_named_file(run_cli, tmp_path):
     result = run_cli("profiles", "validate", str(top), "--json")
     error = json.loads(result.stdout)["results"][0]["error"]
     assert error.startswith(f"{top}: ") and "base.yaml:3: serve.max_model_len" in error
+
+
+@pytest.mark.parametrize("value", ["1234567890", "!!int hf_SeCrEt99", "[hf_SeCrEt99]"])
+def test_a_bad_secret_value_is_not_echoed_in_its_error(run_cli, tmp_path, value):
+    path = child(tmp_path, f"serve:\n  env: {{HF_TOKEN: {value}}}\n")
+    result = run_cli("profiles", "validate", str(path))
+    assert result.exit_code == 2 and "serve.env.HF_TOKEN" in result.stdout
+    assert "1234567890" not in result.stdout and "SeCrEt99" not in result.stdout
+
+
+def test_terminal_escapes_in_a_description_are_shown_not_obeyed(run_cli, tmp_path):
+    path = child(tmp_path, 'description: "red \\e[31m bell \\a"')
+    out = run_cli("profiles", "show", str(path)).stdout
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b[31m" in out

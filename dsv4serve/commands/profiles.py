@@ -32,6 +32,7 @@ def list_command(json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> No
     """List profiles on the search path, where each came from, and which files shadow others."""
     from dataclasses import asdict
 
+    from dsv4serve.errors import oneline
     from dsv4serve.profiles import list_profiles, search_path
     from dsv4serve.render import console, print_json
 
@@ -48,12 +49,16 @@ def list_command(json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> No
     for e in entries:
         if e.shadowed_by:
             table.add_row(
-                f"{e.name} (shadowed)", e.origin, e.path, f"shadowed by {e.shadowed_by}", style="dim"
+                f"{e.name} (shadowed)",
+                e.origin,
+                oneline(e.path),
+                f"shadowed by {oneline(e.shadowed_by)}",
+                style="dim",
             )
         elif e.error:
-            table.add_row(e.name, e.origin, e.path, f"invalid: {e.error}", style="red")
+            table.add_row(e.name, e.origin, oneline(e.path), f"invalid: {oneline(e.error)}", style="red")
         else:
-            table.add_row(e.name, e.origin, e.path, e.description)
+            table.add_row(e.name, e.origin, oneline(e.path), oneline(e.description))
     console().print(table)
 
 
@@ -71,6 +76,7 @@ def announce_shadowing(name: str, profile_dirs) -> None:
 
 def show_command(name: ProfileArg, json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> None:
     """Show a profile after `extends` is merged and every field is validated."""
+    from dsv4serve.errors import oneline
     from dsv4serve.profiles import load_profile, profile_to_dict
     from dsv4serve.redact import masked_profile
     from dsv4serve.render import console, print_json
@@ -84,8 +90,9 @@ def show_command(name: ProfileArg, json: JsonOpt = False, profile_dir: ProfileDi
 
     out = console()
     chain = " -> ".join((profile.name, *profile.extends))
-    out.print(f"{profile.name}: {profile.description}")
-    out.print(f"from {profile.source} ({profile.origin}); extends chain: {chain}")
+    # user text: control characters (a terminal escape in a description) shown, not obeyed
+    out.print(f"{profile.name}: {oneline(profile.description)}")
+    out.print(f"from {oneline(profile.source)} ({profile.origin}); extends chain: {chain}")
     out.print(_facts_line(profile))
     body = {k: data[k] for k in ("cpu_ok", "model", "serve", "hardware")}
     out.print(yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=1 << 20).rstrip())
