@@ -432,10 +432,35 @@ def test_log_files_are_private(tmp_path):
     assert stat.S_IMODE(logs.stat().st_mode) == 0o700
 
 
-def test_launch_opens_its_log_privately():
-    """The launcher writes vLLM's log through open_private_log (no other open of the log)."""
-    source = (Path(__file__).parent.parent / "dsv4serve" / "launch.py").read_text()
-    assert "open_private_log(self.spec.log_path)" in source and 'open(self.spec.log_path, "w"' not in source
+def test_launch_writes_vllms_log_privately(tmp_path, capsys):
+    """A real (stand-in) server process: its log, which quotes its arguments, is 0600 in a 0700 dir."""
+    import socket
+    import sys
+
+    from dsv4serve.errors import LaunchError
+    from dsv4serve.launch import LaunchSpec, Server
+
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o755)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = f"print('args: --api-key {KEY}')\nraise SystemExit(3)"
+    spec = LaunchSpec((sys.executable, "-c", code), "127.0.0.1", port, "m", 30.0, log_path=logs / "v.log")
+    server = Server(spec)
+    server.start()
+    with pytest.raises(LaunchError) as failed:
+        server.wait_ready()
+    server.stop()
+    assert KEY in (logs / "v.log").read_text() and KEY in failed.value.message
+    # the error quotes the log tail; printed, the secret `up` registered is masked
+    from dsv4serve import redact, render
+
+    redact.register(redact.secret_values((), ("--api-key", KEY)))
+    render.print_error(failed.value.message, failed.value.hint, multiline=True)
+    assert KEY not in capsys.readouterr().err
+    assert stat.S_IMODE((logs / "v.log").stat().st_mode) == 0o600
+    assert stat.S_IMODE(logs.stat().st_mode) == 0o700
 
 
 # --- class 7: FAIL lines start with the file the user named ---------------------------------------
