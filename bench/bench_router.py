@@ -86,6 +86,7 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+FAILURES: list[str] = []  # what went wrong, for the report
 MODEL = {"name": "tiny"}  # the upstream's served model, read from its /v1/models in main()
 
 
@@ -102,12 +103,15 @@ async def one(client: httpx.AsyncClient, base: str, i: int) -> tuple[float, floa
     first, done = None, False
     async with client.stream("POST", base + "/v1/chat/completions", json=body) as resp:
         if resp.status_code != 200:
-            await resp.aread()
+            text = (await resp.aread()).decode(errors="replace")
+            FAILURES.append(f"HTTP {resp.status_code} {resp.headers.get('x-dsv4serve-route-reason')}: {text}")
             return 0.0, time.perf_counter() - t0, False
         async for line in resp.aiter_lines():
             if first is None and line.startswith("data: {") and '"content":"' in line.replace(" ", ""):
                 first = time.perf_counter() - t0
             done = done or line == "data: [DONE]"
+    if not (done and first is not None):
+        FAILURES.append(f"stream ended early: first token {first}, [DONE] {done}")
     return first or 0.0, time.perf_counter() - t0, done and first is not None
 
 
@@ -122,7 +126,8 @@ async def batch(base: str, n: int, concurrency: int) -> tuple[list[tuple[float, 
         async with sem:
             try:
                 return await one(client, base, i)
-            except httpx.HTTPError:
+            except httpx.HTTPError as err:
+                FAILURES.append(f"{type(err).__name__}: {err}")
                 errors += 1
                 return (0.0, 0.0, False)
 
@@ -181,6 +186,8 @@ def main() -> int:
         concurrent(upstream, router)
         errors = load(upstream, router)
         classifier_cost(upstream)
+        for failure in dict.fromkeys(FAILURES):
+            print(f"failure ({FAILURES.count(failure)}x): {failure[:300]}")
         return 1 if errors else 0
     finally:
         for proc in reversed(procs):

@@ -37,6 +37,7 @@ class FakeUpstream:
         self.key = settings.get("key")
         self.chunks = settings.get("chunks", 3)
         self.chunk_gap = settings.get("chunk_gap", 0.0)
+        self.drop = settings.get("drop", 0)  # this many POSTs get the connection closed, no answer
         self.calls: list[dict] = []  # {"method", "path", "headers", "body"} of every request, in order
         self.connections: list[socket.socket] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -107,7 +108,11 @@ class FakeUpstream:
                 fake.calls.append(call)
                 if not self._authorized():
                     return
-                if fake.status != 200:
+                if fake.drop > 0:  # as a server closing an idle kept-alive connection the client reused
+                    fake.drop -= 1
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif fake.status != 200:
                     self._json(fake.status, {"error": {"message": "unavailable", "code": fake.status}})
                 elif call in fake.classifier_calls():
                     time.sleep(fake.classify_delay)

@@ -329,6 +329,18 @@ def test_pro_failing_or_refusing_the_key_goes_to_flash(pair, start_router, statu
     assert router.metric("dsv4serve_route_upstream_errors_total", upstream="pro", kind=kind) == 1
 
 
+@pytest.mark.parametrize(("drops", "status"), [(1, 200), (2, 502)])
+def test_a_connection_closed_before_any_answer_is_tried_once_more(pair, start_router, drops, status):
+    flash, pro = pair
+    flash.drop = drops
+    router = start_router(flash.url, pro.url, flash_model="flash-model", pro_model="pro-model")
+    resp = post(router, {"model": "flash-model", "prompt": "hi"}, "/v1/completions")
+    assert resp.status_code == status
+    assert len(flash.served_calls()) == 2
+    kind = {"upstream": "flash", "kind": "protocol"}
+    assert router.metric("dsv4serve_route_upstream_errors_total", **kind) == drops
+
+
 def test_a_rule_skips_the_classifier(pair, start_router):
     flash, pro = pair
     router = start_router(flash.url, pro.url)

@@ -98,6 +98,7 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
     from starlette.responses import StreamingResponse
 
     metrics = router.metrics
+    retried = False
     while True:
         name = decision.route
         model = await router.model(name)
@@ -113,7 +114,9 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
             content=json.dumps(payload).encode(),
             headers={"content-type": "application/json", **router.upstreams[name].headers()},
         )
-        metrics.proxy_seconds.observe(time.perf_counter() - t0 - decision.classifier_s)
+        if t0:  # once per request: fallbacks and retries are the upstream's cost, not the router's
+            metrics.proxy_seconds.observe(time.perf_counter() - t0 - decision.classifier_s)
+            t0 = 0.0
         try:
             resp = await client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:
@@ -125,11 +128,19 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
             return _error(
                 502, f"flash at {router.upstreams[name].base_url} refused", "upstream_error", decision
             )
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
+            # Typically a kept-alive connection the upstream closed (idle timeout) just as it was reused:
+            # no answer was started, so one more try on another connection is safe.
+            metrics.upstream_errors.labels(name, "protocol").inc()
+            if not retried:
+                retried = True
+                continue
+            return _error(502, f"{name}: {type(err).__name__}", "upstream_error", decision)
         except httpx.TimeoutException:
             metrics.upstream_errors.labels(name, "timeout").inc()
             return _error(504, f"{name} did not answer in time", "upstream_timeout", decision)
         except httpx.HTTPError as err:
-            metrics.upstream_errors.labels(name, "protocol").inc()
+            metrics.upstream_errors.labels(name, "other").inc()
             return _error(502, f"{name}: {type(err).__name__}", "upstream_error", decision)
         if name == "pro" and resp.status_code in PRO_FALLBACK_STATUSES:
             await resp.aclose()
