@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsv4serve.errors import ProfileError
-from dsv4serve.profile_schema import build
-from dsv4serve.profile_yaml import Loc, LocatedList, LocatedMap, fail, read_document
+from dsv4serve.profile_schema import _where, build  # the model profiles' own helpers
+from dsv4serve.profile_yaml import LocatedMap, fail, read_document
 
 ROUTES = ("flash", "pro")
 LEVELS = ("simple", "complex")  # the classifier's answers; complex goes to Pro
@@ -116,25 +116,13 @@ def load_router_profile(ref: str = DEFAULT_PROFILE) -> RouterProfile:
     return profile
 
 
-def _at(doc: LocatedMap, *keys: str | int) -> Loc:
-    """Where a field was written, or the nearest enclosing mapping or list when it was not."""
-    node, loc = doc, doc.at
-    for key in keys:
-        in_map = isinstance(node, LocatedMap) and key in node
-        in_list = isinstance(node, LocatedList) and isinstance(key, int) and key < len(node)
-        if not (in_map or in_list):
-            break
-        loc, node = node.where[key], node[key]
-    return loc
-
-
 def _check(profile: RouterProfile, doc: LocatedMap) -> None:
     """Rules beyond each field's type: allowed words, positive limits, well-formed rules."""
 
     def need(ok: bool, keys: tuple[str | int, ...], problem: str, hint: str) -> None:
         if not ok:
             path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
-            raise fail(_at(doc, *keys), path, problem, hint)
+            raise fail(_where(doc, *keys), path, problem, hint)
 
     c, t = profile.classifier, profile.timeouts
     need(
