@@ -126,15 +126,20 @@ def classifier_body(classifier: Classifier, model: str, text: str) -> dict:
     return body
 
 
-def parse_level(method: str, answer: Any) -> tuple[str, int, int]:
-    """The level of a chat completion response, with its prompt and completion token counts."""
+def usage(answer: Any) -> tuple[int, int]:
+    """Prompt and completion tokens of a chat completion response (0 where it does not say)."""
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+
+
+def parse_level(method: str, answer: Any) -> str:
+    """The level a chat completion response answers, or ParseFailure."""
     try:
-        message = answer["choices"][0]["message"]
-        content = message.get("content") or ""
+        content = answer["choices"][0]["message"].get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
         raise ParseFailure(f"not a chat completion: {json.dumps(answer)[:200]}") from None
-    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
-    tokens = (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
     if not isinstance(content, str):
         raise ParseFailure(f"content is not text: {content!r:.200}")
     if method == "choice":
@@ -146,7 +151,7 @@ def parse_level(method: str, answer: Any) -> tuple[str, int, int]:
             raise ParseFailure(f"not a JSON object: {content!r:.200}") from None
     if level not in LEVELS:
         raise ParseFailure(f"level {level!r:.100} is not one of {', '.join(LEVELS)}")
-    return level, *tokens
+    return level
 
 
 def _int(value: Any) -> int:

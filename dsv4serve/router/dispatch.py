@@ -122,7 +122,8 @@ class Router:
         if rule is not None:
             return Decision(rule.route, f"rule:{rule.name}")
         if self.pro_known_down():  # no classifier call whose answer could not be followed
-            return Decision("flash", decide.PRO_UNAVAILABLE, "pro refused a connection recently")
+            wait = self.profile.timeouts.pro_retry_s
+            return Decision("flash", decide.PRO_UNAVAILABLE, f"pro failed less than {wait:g} s ago")
         return await self.classify(text)
 
     async def classify(self, text: str) -> Decision:
@@ -156,10 +157,13 @@ class Router:
         if resp.status_code != 200:
             return Decision("flash", decide.CLASSIFIER_ERROR, f"HTTP {resp.status_code}: {resp.text[:200]}")
         try:
-            level, prompt_tokens, completion_tokens = decide.parse_level(c.method, resp.json())
+            answer = resp.json()
         except ValueError:
             return Decision("flash", decide.PARSE_ERROR, f"not JSON: {resp.text[:200]!r}")
+        tokens = decide.usage(answer)  # spent whether or not the answer parses
+        try:
+            level = decide.parse_level(c.method, answer)
         except decide.ParseFailure as err:
-            return Decision("flash", decide.PARSE_ERROR, str(err))
+            return Decision("flash", decide.PARSE_ERROR, str(err), 0.0, *tokens)
         route = "pro" if level == "complex" else "flash"
-        return Decision(route, decide.CLASSIFIED[level], "", 0.0, prompt_tokens, completion_tokens)
+        return Decision(route, decide.CLASSIFIED[level], "", 0.0, *tokens)
