@@ -175,6 +175,12 @@ def requests(port: int, model: str) -> dict:
     except Exception as err:  # noqa: BLE001
         out["stream"] = {"error": f"{type(err).__name__}: {err}"}
     log(f"request stream: {json.dumps(out['stream'])[:300]}")
+    try:  # decode speed: 256 tokens, EOS ignored, so eager vs CUDA graphs compare like for like
+        body = {"model": model, "messages": hello, "max_tokens": 256, "ignore_eos": True}
+        out["decode"] = stream(port, {**body, "min_tokens": 256})
+    except Exception as err:  # noqa: BLE001
+        out["decode"] = {"error": f"{type(err).__name__}: {err}"}
+    log(f"request decode: {json.dumps(out['decode'])[:200]}")
     return out
 
 
@@ -503,8 +509,9 @@ def main() -> None:
     ap.add_argument(
         "--stop", choices=["int", "kill"], default="int", help="smoke: SIGINT or SIGKILL dsv4serve"
     )
+    ap.add_argument("--cuda-graphs", action="store_true", help="passed to up: CUDA graphs instead of eager")
     a = ap.parse_args()
-    a.extra = ["--warmup", a.warmup] if a.warmup else []
+    a.extra = (["--warmup", a.warmup] if a.warmup else []) + (["--cuda-graphs"] if a.cuda_graphs else [])
     os.environ.setdefault("XDG_CACHE_HOME", str(WORK / "xdg"))
     a.out.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -526,7 +533,8 @@ def main() -> None:
     finally:
         results["wall_s"] = round(time.monotonic() - t0, 1)
         state_path.write_text(json.dumps(state, indent=1))
-        name = f"{a.command}-{a.gpus.replace(',', '_')}"
+        tag = Path(a.profile).stem + ("-graphs" if a.cuda_graphs else "")
+        name = f"{a.command}-{tag}-{a.gpus.replace(',', '_')}"
         (a.out / f"{name}.json").write_text(json.dumps(results, indent=1, default=str))
         (a.out / "state.json").write_text(json.dumps(state, indent=1))
         print(json.dumps(results, default=str)[-4000:])
