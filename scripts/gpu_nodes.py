@@ -22,6 +22,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_validate import nvml_used, vllm_pids  # noqa: E402 - one copy of each
+
 CLI = [sys.executable, "-m", "dsv4serve"]
 GIB = 2**30
 MASTER_PORT, API_PORT = 29561, 8123
@@ -29,35 +32,6 @@ MASTER_PORT, API_PORT = 29561, 8123
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def nvml_used() -> dict[int, int]:
-    import pynvml
-
-    pynvml.nvmlInit()
-    try:
-        count = pynvml.nvmlDeviceGetCount()
-        return {
-            i: pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used for i in range(count)
-        }
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def vllm_pids() -> list[int]:
-    """Processes that look like vLLM anywhere on the machine (after a stop there must be none)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            comm = (entry / "comm").read_text().strip()
-        except OSError:
-            continue
-        if "vllm.entrypoints" in cmd or comm.startswith(("VLLM", "EngineCore", "Worker")):
-            pids.append(int(entry.name))
-    return pids
 
 
 def smi(out: Path, name: str) -> None:

@@ -67,7 +67,7 @@ def nvml_used() -> dict[int, int]:
 
 
 def vllm_pids() -> list[int]:
-    """Processes that look like vLLM (server, EngineCore, workers), anywhere on the machine."""
+    """vLLM servers (python -m vllm.entrypoints...), EngineCores and workers, anywhere on the machine."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -77,7 +77,7 @@ def vllm_pids() -> list[int]:
             comm = (entry / "comm").read_text().strip()
         except OSError:
             continue
-        if "vllm" in cmd or comm.startswith(("VLLM", "EngineCore", "Worker")):
+        if "vllm.entrypoints" in cmd or comm.startswith(("VLLM", "EngineCore", "Worker")):
             pids.append(int(entry.name))
     return [p for p in pids if p != os.getpid()]
 
