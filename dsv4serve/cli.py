@@ -41,6 +41,9 @@ def _register() -> None:
 
     for module in (profiles, plan, download, serve, route):
         module.register(app)
+    from dsv4serve.commands import doctor
+
+    doctor.register(app)
 
 
 _register()
