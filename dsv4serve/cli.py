@@ -37,13 +37,14 @@ def _root(
 
 def _register() -> None:
     # Command modules import only light modules at top level, so --help stays fast.
-    from dsv4serve.commands import download, plan, profiles, route, serve
+    from dsv4serve.commands import download, plan, profiles, route, serve, service
 
-    for module in (profiles, plan, download, serve, route):
+    for module in (profiles, plan, download, serve, service, route):
         module.register(app)
-    from dsv4serve.commands import doctor
+    from dsv4serve.commands import doctor, export
 
     doctor.register(app)
+    export.register(app)
 
 
 _register()

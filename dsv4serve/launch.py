@@ -289,11 +289,11 @@ class Server:
 
     def _one_token(self, timeout_s: float) -> bool:
         body = json.dumps({"model": self.spec.served_model_name, "prompt": "ready?", "max_tokens": 1})
-        req = urllib.request.Request(
-            self.base_url + "/v1/completions",
-            data=body.encode(),
-            headers={"Content-Type": "application/json"},
-        )
+        headers = {"Content-Type": "application/json"}
+        key = api_key(self.spec)
+        if key:  # a keyed vLLM answers 401 without it, and the start would fail
+            headers["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(self.base_url + "/v1/completions", data=body.encode(), headers=headers)
         try:
             with _OPENER.open(req, timeout=min(timeout_s, 60.0)) as resp:
                 return bool(json.loads(resp.read()).get("choices"))
@@ -345,6 +345,17 @@ class Server:
                 + "; ".join(held)
                 + " (`dsv4serve gpus` shows the processes holding it)",
             )
+
+
+def api_key(spec: LaunchSpec) -> str | None:
+    """The key vLLM will require: its --api-key (last one wins), else VLLM_API_KEY in its environment."""
+    key = None
+    for i, arg in enumerate(spec.argv):
+        if arg.replace("_", "-") == "--api-key" and i + 1 < len(spec.argv):
+            key = spec.argv[i + 1]
+        elif arg.replace("_", "-").startswith("--api-key="):
+            key = arg.partition("=")[2]
+    return key or spec.env.get("VLLM_API_KEY") or os.environ.get("VLLM_API_KEY") or None
 
 
 def startup_timeout(serve_timeout_s: int, weights_bytes: int, override: float | None = None) -> float:

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from dsv4serve.commands.service import ApiKeyFileOpt, DetachOpt, NameOpt, VerboseOpt
 from dsv4serve.nodes.options import (
     DEFAULT_MASTER_PORT,
     ExecutorOpt,
@@ -198,13 +199,15 @@ def _curl_line(base_url: str, model: str) -> str:
     return f"curl {base_url}/v1/chat/completions -H 'Content-Type: application/json' -d {shlex.quote(body)}"
 
 
-def chat_once(base_url: str, model: str, max_tokens: int = 32) -> dict:
+def chat_once(base_url: str, model: str, max_tokens: int = 32, api_key: str | None = None) -> dict:
     """One streamed chat completion through the openai client: reply, time to first token, tokens/s."""
     import httpx
     import openai
 
     http = httpx.Client(trust_env=False)  # local traffic only: ignore any HTTP(S)_PROXY
-    client = openai.OpenAI(base_url=base_url + "/v1", api_key="none", http_client=http, max_retries=0)
+    client = openai.OpenAI(
+        base_url=base_url + "/v1", api_key=api_key or "none", http_client=http, max_retries=0
+    )
     t0 = time.monotonic()
     first = last = None
     parts: list[str] = []
@@ -270,6 +273,10 @@ def register(app: typer.Typer) -> None:
         strategy: StrategyOpt = None,
         executor: ExecutorOpt = "mp",
         profile_dir: ProfileDirOpt = None,
+        detach: DetachOpt = False,
+        name: NameOpt = None,
+        verbose: VerboseOpt = False,
+        api_key_file: ApiKeyFileOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Serve PROFILE with vLLM in the foreground until Ctrl-C (args after -- go to vLLM). Several
@@ -277,9 +284,19 @@ def register(app: typer.Typer) -> None:
         from dsv4serve.launch import run_server
         from dsv4serve.nodes.options import NodeOptions, check
         from dsv4serve.render import console, print_json
+        from dsv4serve.service import keys
 
         given = NodeOptions(nodes, node_rank, master_addr, master_port, strategy, executor)
         node_options = check(given, starting=not dry_run)
+        if detach and (nodes or 1) > 1:
+            from dsv4serve.errors import UsageError
+
+            raise UsageError("--detach serves one node; several nodes run `up` in the foreground", "drop -d")
+        if detach and name is not None:
+            from dsv4serve.service.state import check_name
+
+            check_name(name)
+        api_key = keys.read_api_key(api_key_file)
 
         plan, spec = prepare_launch(
             profile,
@@ -300,6 +317,15 @@ def register(app: typer.Typer) -> None:
             node_options=node_options,
         )
         if spec is None:
+            return
+        spec = keys.with_key(spec, api_key)
+        warning = None if spec.headless else keys.exposure_warning(spec.host, api_key)
+        if warning:
+            sys.stderr.write(f"dsv4serve: {warning}\n")
+        if detach:
+            from dsv4serve.commands.service import up_detached
+
+            up_detached(spec, plan, name, as_json)
             return
 
         def on_ready(server) -> None:
@@ -331,9 +357,10 @@ def register(app: typer.Typer) -> None:
         if len(plan.nodes) > 1 and executor == "mp":  # this node's vLLM, and the line to the others
             from dsv4serve.nodes.supervise import run_node
 
-            code = run_node(spec, plan, node_rank, master_addr, master_port, terminal_notify(), on_ready)
+            notify = terminal_notify(quiet_log=not verbose)
+            code = run_node(spec, plan, node_rank, master_addr, master_port, notify, on_ready)
         else:
-            code = run_server(spec, terminal_notify(), on_ready)
+            code = run_server(spec, terminal_notify(quiet_log=not verbose), on_ready)
         if code:
             raise typer.Exit(code)
 
@@ -345,6 +372,8 @@ def register(app: typer.Typer) -> None:
         timeout: TimeoutOpt = None,
         warmup: WarmupOpt = None,
         profile_dir: ProfileDirOpt = None,
+        api_key_file: ApiKeyFileOpt = None,
+        verbose: VerboseOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Start PROFILE, send one chat completion through the openai client, stop: CI's check."""
@@ -352,7 +381,9 @@ def register(app: typer.Typer) -> None:
         from dsv4serve.errors import LaunchError
         from dsv4serve.launch import running_server
         from dsv4serve.render import console, print_json
+        from dsv4serve.service import keys
 
+        api_key = keys.read_api_key(api_key_file)
         _, spec = prepare_launch(
             profile,
             profile_dirs=profile_dir or (),
@@ -363,14 +394,15 @@ def register(app: typer.Typer) -> None:
             warmup=warmup,
         )
         try:
-            with running_server(spec, terminal_notify()) as server:
+            spec = keys.with_key(spec, api_key)
+            with running_server(spec, terminal_notify(quiet_log=not verbose)) as server:
                 result = {
                     "profile": profile,
                     "model": spec.served_model_name,
                     "ready_s": round(server.ready_s, 2),
                     "phases": server.phase_times,
                 }
-                result.update(chat_once(server.base_url, spec.served_model_name))
+                result.update(chat_once(server.base_url, spec.served_model_name, api_key=api_key))
         except procs.Stopped as stop:
             raise typer.Exit(128 + stop.signum) from None
         left = procs.group_members(server.pgid)
