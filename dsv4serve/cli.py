@@ -41,10 +41,9 @@ def _register() -> None:
 
     for module in (profiles, plan, download, serve, service, route):
         module.register(app)
-    from dsv4serve.commands import doctor, export
+    from dsv4serve.commands import doctor
 
     doctor.register(app)
-    export.register(app)
 
 
 _register()
