@@ -41,9 +41,10 @@ def _register() -> None:
 
     for module in (profiles, plan, download, serve, service, route):
         module.register(app)
-    from dsv4serve.commands import doctor
+    from dsv4serve.commands import doctor, export
 
     doctor.register(app)
+    export.register(app)
 
 
 _register()

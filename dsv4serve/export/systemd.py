@@ -1,0 +1,106 @@
+"""A systemd service unit that runs `dsv4serve up` in the foreground and reports READY=1 when ready."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from dsv4serve.export.spec import (
+    API_KEY_VAR,
+    HF_TOKEN_VAR,
+    START_MARGIN_S,
+    STOP_TIMEOUT_S,
+    Deployment,
+    header,
+    up_argv,
+)
+
+# Cache locations the unit pins, so the service finds the weights and JIT caches the exporting user has:
+# a unit's environment is not the login shell's.
+PATH_VARS = (
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "VLLM_CACHE_ROOT",
+    "DG_JIT_CACHE_DIR",
+    "TILELANG_CACHE_DIR",
+    "TRITON_CACHE_DIR",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "CUTE_DSL_CACHE_DIR",
+)
+
+
+def cache_environment(environ: Mapping[str, str], home: str) -> list[tuple[str, str]]:
+    """XDG_CACHE_HOME (always: dsv4serve's JIT cache and logs live under it) and the set cache variables."""
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    pairs = [("XDG_CACHE_HOME", os.path.abspath(base))]
+    pairs += [
+        (var, os.path.abspath(os.path.expanduser(environ[var]))) for var in PATH_VARS if environ.get(var)
+    ]
+    return pairs
+
+
+def quote(arg: str) -> str:
+    """One word of a unit file line: specifiers (%) and variables ($) escaped, quoted when it has blanks."""
+    arg = arg.replace("%", "%%").replace("$", "$$")
+    if arg and not any(c in arg for c in " \t\"'\\;"):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_unit(
+    dep: Deployment,
+    *,
+    executable: Sequence[str],
+    user: str,
+    environ: Mapping[str, str],
+    home: str,
+    node_rank: int = 0,
+    master_addr: str | None = None,
+) -> str:
+    """The unit file's text. `executable`: the dsv4serve the service runs (an absolute path)."""
+    argv = up_argv(dep, gpus=dep.gpus, host=dep.host, rank=str(node_rank), master_addr=master_addr)
+    argv[:1] = executable
+    run = " ".join(executable)
+    unit = dep.name + (f"-node{node_rank}" if dep.nodes > 1 else "")
+    env_file = f"/etc/dsv4serve/{unit}.env"
+    lines = header(dep)
+    lines += [
+        f"# Install as /etc/systemd/system/{unit}.service, then:",
+    ]
+    if dep.downloads:
+        lines.append(
+            f"#   sudo -u {user} {run} download {dep.profile}   # the weights, before the first start"
+        )
+    lines += [
+        f"#   {env_file} (mode 0600): {HF_TOKEN_VAR}=... and {API_KEY_VAR}=... lines, if you use them",
+        f"#   systemctl daemon-reload && systemctl enable --now {unit}",
+        f"#   journalctl -u {unit} -f",
+        "",
+        "[Unit]",
+        f"Description=dsv4serve {dep.profile} ({dep.served_model}) on vLLM",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        # `up` sends READY=1 on $NOTIFY_SOCKET once /health answers and a one-token completion succeeds.
+        "Type=notify",
+        "NotifyAccess=main",
+        f"User={quote(user)}",
+        "ExecStart=" + " ".join(quote(a) for a in argv),
+    ]
+    lines += [f"Environment={quote(f'{var}={value}')}" for var, value in cache_environment(environ, home)]
+    lines += [
+        f"EnvironmentFile=-{env_file}",
+        "Restart=on-failure",
+        "RestartSec=10",
+        # Usage, no fit and missing weights (exit 2, 3, 4) do not mend by restarting.
+        "RestartPreventExitStatus=2 3 4",
+        "KillMode=control-group",
+        f"TimeoutStartSec={dep.startup_timeout_s + START_MARGIN_S}",
+        f"TimeoutStopSec={STOP_TIMEOUT_S}",
+        "LimitNOFILE=65536",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+    ]
+    return "\n".join(lines) + "\n"

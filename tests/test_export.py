@@ -1,0 +1,236 @@
+"""export: golden outputs, checked by real validators (Compose spec schema, Kubernetes schemas,
+systemd-analyze), and the exported `up` command accepted by `up` itself."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+GOLDEN = Path(__file__).parent / "golden"
+COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
+BIN = "/usr/local/bin/dsv4serve"
+
+CASES = {
+    "systemd-flash-2xH200": ("systemd", "flash", "--hardware", "2xH200", "--bin", BIN),
+    "systemd-pro-2x8xH100-node1": (
+        "systemd",
+        "pro",
+        "--hardware",
+        "2x8xH100-80GB",
+        "--node-rank",
+        "1",
+        "--master-addr",
+        "10.0.0.1",
+        "--bin",
+        BIN,
+    ),
+    "compose-flash-2xH200": ("compose", "flash", "--hardware", "2xH200", "--port", "8100"),
+    "compose-flash-gpus-0-1": ("compose", "flash", "--hardware", "2xH200", "--gpus", "0,1"),
+    "compose-tiny": ("compose", "tiny", "--max-model-len", "2048"),
+    "kubernetes-flash-2xH200": (
+        "kubernetes",
+        "flash",
+        "--hardware",
+        "2xH200",
+        "--image",
+        "reg.example/dsv4:1",
+    ),
+    "kubernetes-pro-2x8xH100": ("kubernetes", "pro", "--hardware", "2x8xH100-80GB"),
+}
+
+
+@pytest.fixture
+def fixed_env(monkeypatch):
+    """The paths and user a systemd unit pins, fixed so the golden files are the same on every machine."""
+    monkeypatch.setenv("XDG_CACHE_HOME", "/var/cache/dsv4serve-test")
+    monkeypatch.setenv("HF_HOME", "/var/cache/dsv4serve-test/huggingface")
+    for var in ("LOGNAME", "USER"):
+        monkeypatch.setenv(var, "dsv4")
+    for var in ("VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "DG_JIT_CACHE_DIR", "VLLM_DEEP_GEMM_WARMUP"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def export(run_cli, *args: str) -> str:
+    result = run_cli("export", *args)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(run_cli, fixed_env, case):
+    """Regenerate with UPDATE_GOLDEN=1 and review the diff."""
+    fmt = CASES[case][0]
+    text = export(run_cli, *CASES[case])
+    path = GOLDEN / f"export-{case}.{'service' if fmt == 'systemd' else 'yaml'}"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def _compose_validator():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    return jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+
+
+@pytest.mark.parametrize("case", sorted(c for c in CASES if c.startswith("compose")))
+def test_compose_matches_the_compose_spec_schema(run_cli, fixed_env, case):
+    validator = _compose_validator()
+    doc = yaml.safe_load(export(run_cli, *CASES[case]))
+    errors = [e.message for e in validator.iter_errors(doc)]
+    assert not errors
+    # The validator is not blind: a wrong type and an unknown key are caught.
+    broken = json.loads(json.dumps(doc))
+    server = broken["services"][next(n for n in broken["services"] if n != "download")]
+    server["healthcheck"]["test"] = {"cmd": "curl"}
+    server["gpus_please"] = True
+    assert len(list(validator.iter_errors(broken))) >= 2
+
+
+def _k8s_documents(text: str) -> list[dict]:
+    """Each manifest, and a LeaderWorkerSet's pod templates as core PodTemplates (it is a CRD)."""
+    docs = []
+    for doc in yaml.safe_load_all(text):
+        if doc["kind"] == "LeaderWorkerSet":
+            lwt = doc["spec"]["leaderWorkerTemplate"]
+            assert lwt["size"] >= 2
+            for key in ("leaderTemplate", "workerTemplate"):
+                meta = {"name": f"{doc['metadata']['name']}-{key.lower()}"}
+                docs.append(
+                    {"apiVersion": "v1", "kind": "PodTemplate", "metadata": meta, "template": lwt[key]}
+                )
+        else:
+            docs.append(doc)
+    return docs
+
+
+@pytest.mark.parametrize("case", sorted(c for c in CASES if c.startswith("kubernetes")))
+def test_kubernetes_manifests_match_the_kubernetes_schemas(run_cli, fixed_env, case):
+    kv = pytest.importorskip("kubernetes_validate")
+    version = kv.utils.latest_version()
+    docs = _k8s_documents(export(run_cli, *CASES[case]))
+    for doc in docs:
+        kv.validate(doc, version, strict=True)
+    broken = json.loads(json.dumps(docs[0]))
+    pod = broken["spec"]["template"]["spec"] if "spec" in broken else broken["template"]["spec"]
+    pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = ["eight"]
+    with pytest.raises(kv.ValidationError):
+        kv.validate(broken, version, strict=True)
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed here")
+@pytest.mark.parametrize("case", sorted(c for c in CASES if c.startswith("systemd")))
+def test_systemd_unit_passes_systemd_analyze_verify(run_cli, fixed_env, tmp_path, case):
+    real = str(Path(sys.executable).parent / "dsv4serve")  # verify checks that ExecStart is executable
+    args = [a if a != BIN else real for a in CASES[case]]
+    unit = tmp_path / "dsv4serve-test.service"
+    run_cli("export", *args, "-o", str(unit))
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+    # ...and it does complain about a broken key (it exits 0 on those: the stderr is the verdict).
+    unit.write_text(unit.read_text().replace("KillMode=control-group", "KillMode=bogus"))
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert "kill mode" in proc.stderr
+
+
+def test_sizes_follow_the_plan(run_cli, fixed_env):
+    from dsv4serve.launch import startup_timeout
+    from dsv4serve.profiles import load_profile
+
+    flash = load_profile("flash")
+    need = startup_timeout(flash.serve.startup_timeout_s, flash.model.weights_bytes)
+    unit = export(run_cli, *CASES["systemd-flash-2xH200"])
+    timeout = int(
+        next(line for line in unit.splitlines() if line.startswith("TimeoutStartSec=")).split("=")[1]
+    )
+    assert timeout > need
+    k8s = list(yaml.safe_load_all(export(run_cli, *CASES["kubernetes-flash-2xH200"])))
+    container = k8s[0]["spec"]["template"]["spec"]["containers"][0]
+    probe = container["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= need
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+    shm = next(v for v in k8s[0]["spec"]["template"]["spec"]["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    compose = yaml.safe_load(export(run_cli, *CASES["compose-flash-2xH200"]))
+    server = compose["services"]["dsv4serve-flash"]
+    assert server["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
+    assert server["ports"] == ["127.0.0.1:8100:8100"] and "8100/health" in server["healthcheck"]["test"][-1]
+    assert math.ceil(need) + 1 <= int(server["healthcheck"]["start_period"].rstrip("s"))
+
+
+def test_lws_runs_one_pod_per_node_with_ranks(run_cli, fixed_env):
+    lws = next(yaml.safe_load_all(export(run_cli, *CASES["kubernetes-pro-2x8xH100"])))
+    assert lws["kind"] == "LeaderWorkerSet" and lws["spec"]["leaderWorkerTemplate"]["size"] == 2
+    leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]["command"]
+    worker = lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]
+    assert leader[leader.index("--node-rank") + 1] == "0"
+    assert worker["command"][worker["command"].index("--node-rank") + 1] == "$(LWS_WORKER_INDEX)"
+    assert "readinessProbe" not in worker and "ports" not in worker  # workers run vLLM headless
+
+
+def test_secrets_are_referenced_never_written(run_cli, fixed_env, monkeypatch, tmp_path):
+    token, key = "hf_exportSECRETtoken", "sk-exportSECRETkey"
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("DSV4SERVE_API_KEY", key)
+    for case in CASES:
+        text = export(run_cli, *CASES[case])
+        assert token not in text and key not in text
+    k8s = export(run_cli, *CASES["kubernetes-flash-2xH200"])
+    assert "secretKeyRef" in k8s and "kind: Secret" not in k8s
+    assert "${DSV4SERVE_API_KEY:?" in export(run_cli, *CASES["compose-flash-2xH200"])
+
+
+@pytest.mark.parametrize("case", ["compose-tiny", "compose-flash-2xH200", "systemd-flash-2xH200"])
+def test_exported_up_command_is_accepted_by_up(run_cli, fixed_env, case):
+    """The command a unit or container runs, given to `up --dry-run` here (declared GPUs for GPU plans)."""
+    text = export(run_cli, *CASES[case])
+    if case.startswith("compose"):
+        doc = yaml.safe_load(text)
+        argv = next(s for n, s in doc["services"].items() if n != "download")["command"]
+    else:
+        line = next(x for x in text.splitlines() if x.startswith("ExecStart="))
+        argv = line.removeprefix("ExecStart=").split()
+    assert argv[1] == "up"
+    args = argv[2:]
+    if "--gpus" in args:  # nothing can read GPUs here: plan the same GPUs as declared ones
+        i = args.index("--gpus")
+        args[i : i + 2] = ["--hardware", f"{args[i + 1]}xH200"]
+    result = run_cli("up", *args, "--dry-run", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["fits"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (("helm", "flash", "--hardware", "2xH200"), 2, "unknown format"),
+        (("compose", "pro", "--hardware", "2x8xH100-80GB"), 2, "nodes"),
+        (("systemd", "pro", "--hardware", "2x8xH100-80GB"), 2, "--master-addr"),
+        (("kubernetes", "pro", "--hardware", "8xH100-80GB"), 3, "more memory"),
+        (("compose", "no-such-profile"), 2, "no-such-profile"),
+    ],
+)
+def test_refusals(run_cli, args, code, words):
+    result = run_cli("export", *args)
+    assert result.exit_code == code
+    assert words in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_output_file(run_cli, fixed_env, tmp_path):
+    out = tmp_path / "flash.yaml"
+    result = run_cli("export", *CASES["kubernetes-flash-2xH200"], "-o", str(out))
+    assert result.exit_code == 0 and result.stdout == ""
+    assert out.read_text() == export(run_cli, *CASES["kubernetes-flash-2xH200"])
