@@ -316,12 +316,13 @@ def register(app: typer.Typer) -> None:
             warmup=warmup,
             node_options=node_options,
         )
+        bound = _arg_value(plan.args, "--host") or host
+        warning = None if node_rank > 0 else keys.exposure_warning(bound, api_key)
+        if warning:
+            sys.stderr.write(f"dsv4serve: {warning}\n")
         if spec is None:
             return
         spec = keys.with_key(spec, api_key)
-        warning = None if spec.headless else keys.exposure_warning(spec.host, api_key)
-        if warning:
-            sys.stderr.write(f"dsv4serve: {warning}\n")
         if detach:
             from dsv4serve.commands.service import up_detached
 
@@ -329,6 +330,9 @@ def register(app: typer.Typer) -> None:
             return
 
         def on_ready(server) -> None:
+            from dsv4serve import sd_notify  # under systemd (export systemd: Type=notify): READY=1
+
+            sd_notify.ready("worker ready" if spec.headless else f"ready: {server.base_url}/v1")
             if spec.headless:
                 from dsv4serve.nodes.show import worker_ready
 
