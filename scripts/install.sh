@@ -24,5 +24,6 @@ else
     : > "$shim/RECORD"
   fi
 fi
-pip install -q pytest pytest-timeout ruff openai "hypothesis>=6.100"
+# kubernetes-validate and jsonschema: the real validators of `dsv4serve export`'s output (tests/test_export.py).
+pip install -q pytest pytest-timeout ruff openai "hypothesis>=6.100" "kubernetes-validate>=1.30" "jsonschema>=4.18"
 "$VENV/bin/python" -c 'import dsv4serve, vllm; print("installed dsv4serve", dsv4serve.__version__, "with vllm", vllm.__version__)'

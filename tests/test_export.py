@@ -76,7 +76,8 @@ def test_golden(run_cli, fixed_env, case):
 
 
 def _compose_validator():
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
+
     schema = json.loads(COMPOSE_SCHEMA.read_text())
     return jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
 
@@ -114,7 +115,8 @@ def _k8s_documents(text: str) -> list[dict]:
 
 @pytest.mark.parametrize("case", sorted(c for c in CASES if c.startswith("kubernetes")))
 def test_kubernetes_manifests_match_the_kubernetes_schemas(run_cli, fixed_env, case):
-    kv = pytest.importorskip("kubernetes_validate")
+    import kubernetes_validate as kv
+
     version = kv.utils.latest_version()
     docs = _k8s_documents(export(run_cli, *CASES[case]))
     for doc in docs:
