@@ -337,7 +337,7 @@ def test_up_serves_then_stops_cleanly_on_signal(dsv4serve_cmd, sig):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_loading_stops_everything(dsv4serve_cmd, sig):
     port = free_port()
-    cli = Cli([*dsv4serve_cmd, "up", "tiny", "--port", str(port)])
+    cli = Cli([*dsv4serve_cmd, "up", "tiny", "-v", "--port", str(port)])  # -v: vLLM's lines too
     pgid, tmpdir = cli.started()
     cli.wait_for(r"Initializing a V1 LLM engine", 120)  # EngineCore is up, the model is loading
     cli.proc.send_signal(sig)
