@@ -213,15 +213,15 @@ def check_port(host: str, port: int) -> Check:
 
 
 def cache_dirs(environ: Mapping[str, str] | None = None) -> tuple[tuple[str, Path, int], ...]:
-    """(what, directory, exit code of `up` when it cannot write there) for every cache dsv4serve writes."""
+    """(check name, directory, exit code of `up` when it cannot write there) for each directory it writes."""
     from dsv4serve import jit_cache
 
     env = os.environ if environ is None else environ
     jit = jit_cache.default_root(env)
     return (
-        ("hub cache", hub_cache_dir(env), EXIT_DOWNLOAD),
-        ("JIT cache", jit, EXIT_LAUNCH),
-        ("logs", jit.parent / "logs", EXIT_LAUNCH),
+        ("hub_cache", hub_cache_dir(env), EXIT_DOWNLOAD),
+        ("jit_cache", jit, EXIT_LAUNCH),
+        ("log_dir", jit.parent / "logs", EXIT_LAUNCH),
     )
 
 
@@ -232,13 +232,13 @@ def check_cache_dirs(environ: Mapping[str, str] | None = None) -> tuple[Check, .
         base = _existing(path)
         if base.is_dir() and os.access(base, os.W_OK | os.X_OK):
             state = "writable" if base == path else f"will be created under {base}"
-            checks.append(Check("cache", OK, f"{what} {path}: {state}"))
+            checks.append(Check(what, OK, f"{path}: {state}"))
         else:
             checks.append(
                 Check(
-                    "cache",
+                    what,
                     FAIL,
-                    f"{what} {path}: {base} is not a writable directory",
+                    f"{path}: {base} is not a writable directory",
                     "fix its permissions, or point XDG_CACHE_HOME / HF_HOME at a writable directory",
                     code,
                 )

@@ -34,7 +34,7 @@ def test_every_check_reported_and_json_agrees_with_exit_code(run_cli):
     result = run_cli("doctor", "tiny", "--port", str(_free_port()), "--json")
     data = json.loads(result.stdout)
     names = [c["name"] for c in data["checks"]]
-    for name in ("driver", "vllm", "disk", "hf_token", "port", "cache"):
+    for name in ("driver", "vllm", "disk", "hf_token", "port", "hub_cache", "jit_cache", "log_dir"):
         assert name in names
     assert all(c["status"] in ("ok", "warn", "fail") for c in data["checks"])
     failing = [c["exit_code"] for c in data["checks"] if c["status"] == "fail"]
@@ -69,8 +69,8 @@ def test_unwritable_cache_fails_without_creating_anything(run_cli, isolated_home
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))
     monkeypatch.setenv("HF_HOME", str(isolated_home / "hf"))  # the hub cache stays writable
     result = run_cli("doctor", "tiny", "--port", str(_free_port()), "--json")
-    caches = _checks(result)["cache"]
-    assert [c["status"] for c in caches] == ["ok", "fail", "fail"]
+    checks = _checks(result)
+    assert [checks[n][0]["status"] for n in ("hub_cache", "jit_cache", "log_dir")] == ["ok", "fail", "fail"]
     assert result.exit_code == 5
     assert not (isolated_home / "hf").exists()  # doctor only looks
 

@@ -41,11 +41,11 @@ def register(app: typer.Typer) -> None:
             for check in report.checks:
                 mark = marks.get(check.status, "ok")
                 out.print(
-                    f"{mark:4}  {check.name:8}  {check.detail}", markup=False, crop=False, overflow="ignore"
+                    f"{mark:4}  {check.name:9}  {check.detail}", markup=False, crop=False, overflow="ignore"
                 )
                 if check.hint:
                     out.print(
-                        f"      {'':8}  hint: {check.hint}", markup=False, crop=False, overflow="ignore"
+                        f"      {'':9}  hint: {check.hint}", markup=False, crop=False, overflow="ignore"
                     )
             fails = sum(c.status == FAIL for c in report.checks)
             warns = sum(c.status == WARN for c in report.checks)
