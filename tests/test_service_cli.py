@@ -151,3 +151,27 @@ def test_up_dry_run_warns_about_an_open_host_and_never_prints_the_key(run_cli, t
     assert keyed.exit_code == 0 and KEY not in keyed.stdout + keyed.stderr
     assert "WARNING" not in keyed.stderr
     json.loads(keyed.stdout)
+
+
+def test_the_calm_console_shows_phases_as_lines_when_piped_and_a_display_on_a_terminal():
+    import io
+
+    from dsv4serve.service.console import PhaseDisplay
+
+    piped = io.StringIO()
+    display = PhaseDisplay(piped)  # a StringIO is no terminal
+    display.phase("loading weights", 1.25)
+    display.progress("kernel warmup: DeepGEMM 412/1131 (36%)", 9.0)
+    display.close()
+    assert piped.getvalue() == (
+        "dsv4serve: [    1.2 s] loading weights\n"
+        "dsv4serve: [    9.0 s] kernel warmup: DeepGEMM 412/1131 (36%)\n"
+    )
+    term = io.StringIO()
+    live = PhaseDisplay(term, live=True)
+    live.phase("kernel warmup", 2.0)
+    live.progress("kernel warmup: DeepGEMM 412/1131 (36%)", 3.0)
+    task = live._progress.tasks[0]
+    assert (task.completed, task.total, task.description) == (412, 1131, "kernel warmup: DeepGEMM")
+    live.close()
+    assert "dsv4serve: [    2.0 s] kernel warmup" in term.getvalue()

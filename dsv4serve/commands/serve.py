@@ -173,23 +173,30 @@ def _arg_value(args: Sequence[str], flag: str) -> str | None:
 
 
 def terminal_notify(quiet_log: bool = False):
-    """Callback for launch events: vLLM's log and our phase lines on stderr (stdout stays for results)."""
+    """Callback for launch events: our phase lines on stderr (stdout stays for results), and vLLM's log
+    unless quiet_log (then, on a terminal, the phases as a Rich progress display)."""
 
     from dsv4serve.redact import mask_text, masked_args
+    from dsv4serve.service.console import PhaseDisplay
+
+    display = PhaseDisplay(sys.stderr, live=None if quiet_log else False)
 
     def notify(event) -> None:
         text = mask_text(event.text)  # vLLM logs its arguments, credentials included
         if event.kind == "log":
             if not quiet_log:
-                sys.stderr.write(text + "\n")
+                display.line(text)
         elif event.kind == "command":
-            sys.stderr.write(f"dsv4serve: $ {' '.join(masked_args(text.split(' ')))}\n")
-        elif event.kind in ("phase", "progress"):
-            sys.stderr.write(f"dsv4serve: [{event.elapsed_s:7.1f} s] {text}\n")
+            display.line(f"dsv4serve: $ {' '.join(masked_args(text.split(' ')))}")
+        elif event.kind == "phase":
+            display.phase(text, event.elapsed_s)
+        elif event.kind == "progress":
+            display.progress(text, event.elapsed_s)
         elif event.kind in ("started", "stopping", "stopped", "warning"):
             prefix = "warning: " if event.kind == "warning" else ""
-            sys.stderr.write(f"dsv4serve: {prefix}{text}\n")
-        sys.stderr.flush()
+            display.line(f"dsv4serve: {prefix}{text}")
+        if event.kind in ("ready", "stopping", "stopped"):
+            display.close()
 
     return notify
 

@@ -42,10 +42,11 @@ def up_detached(spec, plan, name: str | None, as_json: bool) -> None:
     """Start the supervisor, wait until ready, report (text or one JSON document)."""
     from dsv4serve.render import console, print_json
     from dsv4serve.service import detach
+    from dsv4serve.service.console import PhaseDisplay
 
     name = name or plan.profile
     detach.claim(name)
-    record = detach.start(spec, plan, name, say)
+    record = detach.start(spec, plan, name, PhaseDisplay(sys.stderr))
     if as_json:
         print_json(
             {

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 from dsv4serve import procs
 from dsv4serve.errors import EXIT_SIGNAL_BASE, DsvError, LaunchError, UsageError
@@ -44,11 +43,12 @@ def claim(name: str) -> None:
     state.remove(name)
 
 
-def start(spec: LaunchSpec, plan, name: str, say: Callable[[str], None]) -> state.Record:
+def start(spec: LaunchSpec, plan, name: str, show) -> state.Record:
     """Start the detached supervisor for spec and wait until it is ready; return its record.
 
     Failures raise the supervisor's error with its exit code; Ctrl-C or SIGTERM here stops the
-    half-started server (nothing is left behind a start that was abandoned)."""
+    half-started server (nothing is left behind a start that was abandoned). `show`: a
+    console.PhaseDisplay."""
     record = state.Record(
         name=name,
         profile=plan.profile,
@@ -83,29 +83,35 @@ def start(spec: LaunchSpec, plan, name: str, say: Callable[[str], None]) -> stat
     proc.stdin.close()
     with procs.stop_on_signals():
         try:
-            return _follow(proc, name, say)
+            return _follow(proc, name, show)
         except (KeyboardInterrupt, procs.Stopped) as stop:
             signum = stop.signum if isinstance(stop, procs.Stopped) else signal.SIGINT
             with procs.signals_deferred():
-                say("stopping the server that was starting")
+                show.close()
+                show.line("dsv4serve: stopping the server that was starting")
                 stop_supervisor(proc.pid, 30.0)
                 state.remove(name)
             raise DsvError("stopped before the server was ready", "", EXIT_SIGNAL_BASE + signum) from None
 
 
-def _follow(proc: subprocess.Popen, name: str, say: Callable[[str], None]) -> state.Record:
+def _follow(proc: subprocess.Popen, name: str, show) -> state.Record:
     t0 = time.monotonic()
-    shown = ""
+    shown = progress = ""
     while True:
         code = proc.poll()
         record = state.read(name)
         if record is not None and record.supervisor_pid == proc.pid:
             if record.phase != shown and record.state != "ready":
                 shown = record.phase
-                say(f"[{time.monotonic() - t0:7.1f} s] {record.phase}")
+                show.phase(record.phase, time.monotonic() - t0)
+            if record.progress and record.progress != progress:
+                progress = record.progress
+                show.progress(progress, time.monotonic() - t0)
             if record.state == "ready":
+                show.close()
                 return record
             if record.state == "failed":
+                show.close()
                 proc.wait()
                 state.remove(name)  # up -d reported it; the log stays
                 err = record.error
@@ -113,6 +119,7 @@ def _follow(proc: subprocess.Popen, name: str, say: Callable[[str], None]) -> st
                     err.get("message", "the server failed"), err.get("hint", ""), record.exit_code or 5
                 )
         if code is not None:
+            show.close()
             state.remove(name)
             raise LaunchError(f"the supervisor exited with code {code} before the server was ready", "")
         time.sleep(POLL_S)

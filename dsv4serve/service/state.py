@@ -92,6 +92,7 @@ class Record:
     pgid_start: int = 0
     state: str = "starting"
     phase: str = "starting"
+    progress: str = ""  # the current phase's last progress line ("kernel warmup: DeepGEMM 412/1131 (36%)")
     ready_s: float | None = None
     error: dict = field(default_factory=dict)  # {"message", "hint", "exit_code"} once failed
     exit_code: int | None = None

@@ -65,7 +65,9 @@ class _Recorder:
             pgid = self.server.pgid
             self._set(pgid=pgid, pgid_start=state.start_time(pgid) or 0)
         elif event.kind == "phase" and event.text != "ready":  # ready is written with its time
-            self._set(phase=event.text, state=state.state_of_phase(event.text), late=True)
+            self._set(phase=event.text, state=state.state_of_phase(event.text), progress="", late=True)
+        elif event.kind == "progress":
+            self._set(progress=event.text, late=True)
 
     def _set(self, late: bool = False, **changes) -> None:
         with self._lock:
