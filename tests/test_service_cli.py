@@ -10,6 +10,7 @@ import pytest
 
 from dsv4serve.launch import LaunchSpec, api_key
 from dsv4serve.service import keys, state
+from tests.test_service_state import record as state_record
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -22,20 +23,9 @@ def state_home(tmp_path, monkeypatch):
 
 
 def record(name: str, **changes) -> state.Record:
-    me = os.getpid()
-    base = dict(
-        name=name,
-        profile="tiny",
-        supervisor_pid=me,
-        supervisor_start=state.start_time(me),
-        host="0.0.0.0",
-        port=8123,
-        log="",
-        started_at=time.time() - 65,
-        plan_digest="0123456789abcdef",
-        state="ready",
-    )
-    return state.Record(**{**base, **changes})
+    """A record of a server this test process stands in for (its supervisor: us, alive), up 65 s."""
+    base = {"host": "0.0.0.0", "port": 8123, "log": "", "started_at": time.time() - 65, "state": "ready"}
+    return state_record(name, **{**base, **changes})
 
 
 @pytest.mark.parametrize(
