@@ -115,9 +115,9 @@ def _follow(proc: subprocess.Popen, name: str, show) -> state.Record:
                 proc.wait()
                 state.remove(name)  # up -d reported it; the log stays
                 err = record.error
-                raise DsvError(
-                    err.get("message", "the server failed"), err.get("hint", ""), record.exit_code or 5
-                )
+                # LaunchError: its message may carry vLLM's last log lines, shown as lines
+                message = err.get("message", "the server failed")
+                raise LaunchError(message, err.get("hint", ""), record.exit_code or 5)
         if code is not None:
             show.close()
             state.remove(name)
