@@ -172,6 +172,21 @@ def test_sizes_follow_the_plan(run_cli, fixed_env):
     assert math.ceil(need) + 1 <= int(server["healthcheck"]["start_period"].rstrip("s"))
 
 
+def test_lws_matches_its_published_crd_schema(run_cli, fixed_env):
+    """The LeaderWorkerSet against the v1 openAPIV3Schema of kubernetes-sigs/lws's CRD (060ab4d, kept
+    gzipped in tests/data): its own fields (size, restartPolicy), not only the pod templates."""
+    import gzip
+
+    import jsonschema
+
+    schema = json.loads(gzip.decompress((COMPOSE_SCHEMA.parent / "lws-v1-schema.json.gz").read_bytes()))
+    validator = jsonschema.Draft7Validator(schema)
+    lws = next(yaml.safe_load_all(export(run_cli, *CASES["kubernetes-pro-2x8xH100"])))
+    assert not [e.message for e in validator.iter_errors(lws)]
+    lws["spec"]["leaderWorkerTemplate"]["restartPolicy"] = "RecreateSometimes"
+    assert list(validator.iter_errors(lws))
+
+
 def test_lws_runs_one_pod_per_node_with_ranks(run_cli, fixed_env):
     lws = next(yaml.safe_load_all(export(run_cli, *CASES["kubernetes-pro-2x8xH100"])))
     assert lws["kind"] == "LeaderWorkerSet" and lws["spec"]["leaderWorkerTemplate"]["size"] == 2
