@@ -37,6 +37,7 @@ from dsv4serve.options import (
     ProfileDirOpt,
     WarmupOpt,
 )
+from dsv4serve.service.console import terminal_notify
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
 
@@ -170,35 +171,6 @@ def _arg_value(args: Sequence[str], flag: str) -> str | None:
         elif arg.startswith(flag + "="):
             value = arg.partition("=")[2]
     return value
-
-
-def terminal_notify(quiet_log: bool = False):
-    """Callback for launch events: our phase lines on stderr (stdout stays for results), and vLLM's log
-    unless quiet_log (then, on a terminal, the phases as a Rich progress display)."""
-
-    from dsv4serve.redact import mask_text, masked_args
-    from dsv4serve.service.console import PhaseDisplay
-
-    display = PhaseDisplay(sys.stderr, live=None if quiet_log else False)
-
-    def notify(event) -> None:
-        text = mask_text(event.text)  # vLLM logs its arguments, credentials included
-        if event.kind == "log":
-            if not quiet_log:
-                display.line(text)
-        elif event.kind == "command":
-            display.line(f"dsv4serve: $ {' '.join(masked_args(text.split(' ')))}")
-        elif event.kind == "phase":
-            display.phase(text, event.elapsed_s)
-        elif event.kind == "progress":
-            display.progress(text, event.elapsed_s)
-        elif event.kind in ("started", "stopping", "stopped", "warning"):
-            prefix = "warning: " if event.kind == "warning" else ""
-            display.line(f"dsv4serve: {prefix}{text}")
-        if event.kind in ("ready", "stopping", "stopped"):
-            display.close()
-
-    return notify
 
 
 def _curl_line(base_url: str, model: str) -> str:
