@@ -165,3 +165,27 @@ def test_sigkill_of_the_supervisor_then_a_stale_record_and_stop(dsv4serve_cmd):
     finally:
         cli(dsv4serve_cmd, "stop", "--all", timeout=120)
     assert state.read_all() == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_of_up_detach_before_ready_stops_what_was_starting(dsv4serve_cmd):
+    port = free_port()
+    up = subprocess.Popen(
+        [*dsv4serve_cmd, "up", "tiny", "-d", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    rec = None
+    end = time.monotonic() + 120
+    while time.monotonic() < end and up.poll() is None:  # until vLLM's group is recorded
+        rec = state.read("tiny")
+        if rec is not None and rec.pgid:
+            break
+        time.sleep(0.1)
+    assert rec is not None and rec.pgid and rec.state != "ready", (rec, up.poll())
+    up.send_signal(signal.SIGINT)
+    out, err = up.communicate(timeout=120)
+    assert up.returncode == 130, err
+    assert out == b""
+    assert_nothing_left(rec)
