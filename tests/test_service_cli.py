@@ -165,3 +165,13 @@ def test_the_calm_console_shows_phases_as_lines_when_piped_and_a_display_on_a_te
     assert (task.completed, task.total, task.description) == (412, 1131, "kernel warmup: DeepGEMM")
     live.close()
     assert "dsv4serve: [    2.0 s] kernel warmup" in term.getvalue()
+
+
+def test_the_ready_curl_line_of_a_keyed_server_names_the_variable_not_the_key():
+    from dsv4serve.commands.serve import _curl_line
+
+    plain = _curl_line("http://127.0.0.1:8000", "tiny")
+    keyed = _curl_line("http://127.0.0.1:8000", "tiny", keyed=True)
+    assert "Authorization" not in plain
+    assert '-H "Authorization: Bearer $DSV4SERVE_API_KEY"' in keyed
+    assert keyed.replace(' -H "Authorization: Bearer $DSV4SERVE_API_KEY"', "") == plain

@@ -173,9 +173,12 @@ def _arg_value(args: Sequence[str], flag: str) -> str | None:
     return value
 
 
-def _curl_line(base_url: str, model: str) -> str:
+def _curl_line(base_url: str, model: str, keyed: bool = False) -> str:
     body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
-    return f"curl {base_url}/v1/chat/completions -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+    # A keyed server: the header names the variable, never the key itself.
+    auth = ' -H "Authorization: Bearer $DSV4SERVE_API_KEY"' if keyed else ""
+    json_header = "-H 'Content-Type: application/json'"
+    return f"curl {base_url}/v1/chat/completions {json_header}{auth} -d {shlex.quote(body)}"
 
 
 def chat_once(base_url: str, model: str, max_tokens: int = 32, api_key: str | None = None) -> dict:
@@ -334,7 +337,7 @@ def register(app: typer.Typer) -> None:
                 return
             out = console()
             out.print(f"ready in {server.ready_s:.1f} s: {url}/v1  (model: {model})", markup=False)
-            out.print(_curl_line(url, model), markup=False, crop=False, overflow="ignore")
+            out.print(_curl_line(url, model, bool(api_key)), markup=False, crop=False, overflow="ignore")
             out.print(f"log: {spec.log_path}   Ctrl-C stops the server", markup=False)
 
         if len(plan.nodes) > 1 and executor == "mp":  # this node's vLLM, and the line to the others
