@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -67,10 +68,8 @@ def stop(record: state.Record, say: Callable[[str], None]) -> dict:
     if record.supervisor_alive():
         say(f"stopping {record.name} (supervisor pid {record.supervisor_pid}, vLLM group {record.pgid})")
         supervisor_went = stop_supervisor(record.supervisor_pid, STOP_WAIT_S)
-        if not supervisor_went:
+        if not supervisor_went and record.supervisor_alive():  # still that process: never a reused pid
             with contextlib.suppress(ProcessLookupError):
-                import os
-
                 os.kill(record.supervisor_pid, signal.SIGKILL)
     # The supervisor is gone (killed, or stopped now); its watchdog stops vLLM's group, and we make
     # sure: SIGTERM, a grace, SIGKILL.
