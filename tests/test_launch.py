@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from dsv4serve import procs
+from dsv4serve import launch, procs
 from dsv4serve.errors import LaunchError
 from dsv4serve.launch import LaunchSpec, Server, startup_timeout
 
@@ -136,6 +136,33 @@ def test_deadline_stops_the_whole_group():
     kinds = [e.kind for e in events]
     assert "warning" in kinds  # the child ignored SIGTERM: SIGKILL after the grace period
     assert kinds[-1] == "stopped"
+
+
+# A "server" whose kernel warmup reports progress past the deadline (a new bar every 0.5 s), then stalls.
+WARMS_UP = (
+    "import sys, time\n"
+    "for i in range(8):\n"
+    "    sys.stdout.write(f'Warmup k{i}: 10%|#         | 1/10 [00:01<00:09, 1.00it/s]\\n')\n"
+    "    sys.stdout.flush()\n"
+    "    time.sleep(0.5)\n"
+    "time.sleep(300)\n"
+)
+
+
+def test_the_deadline_waits_while_vllm_reports_progress(monkeypatch):
+    monkeypatch.setattr(launch, "PROGRESS_GRACE_S", 1.5)
+    server = Server(spec(WARMS_UP, timeout=1.0, grace=1.0))
+    server.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(LaunchError, match="did not become ready within 1 s"):
+            server.wait_ready()
+        waited = time.monotonic() - t0
+    finally:
+        server.stop()
+    assert_all_gone(server.pgid, server.tmpdir)
+    # ~3.5 s of progress, then 1.5 s of silence: well past the 1 s deadline, and not forever
+    assert 4.5 <= waited < 20
 
 
 def test_watchdog_stops_the_group_when_its_parent_is_sigkilled(tmp_path):
