@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -94,7 +95,7 @@ async def proxy(router: Router, request: Any, endpoint: str, path: str):
 
 
 async def _send(router: Router, decision: Decision, body: dict, path: str, t0: float):
-    import httpx
+    import aiohttp
     from starlette.responses import StreamingResponse
 
     metrics = router.metrics
@@ -107,19 +108,16 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
             decision = decide.to_flash(decision, f"pro: {router.errors.get('pro')}")
             continue
         payload = {**body, "model": model} if model else body
-        client = router.pool()
-        request = client.build_request(
-            "POST",
-            router.url(name, path),
-            content=json.dumps(payload).encode(),
-            headers={"content-type": "application/json", **router.upstreams[name].headers()},
-        )
+        content = json.dumps(payload).encode()
+        headers = {"content-type": "application/json", **router.upstreams[name].headers()}
         if t0:  # once per request: fallbacks and retries are the upstream's cost, not the router's
             metrics.proxy_seconds.observe(time.perf_counter() - t0 - decision.classifier_s)
             t0 = 0.0
         try:
-            resp = await client.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+            resp = await router.session().request(
+                "POST", router.url(name, path), data=content, headers=headers
+            )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
             metrics.upstream_errors.labels(name, "connect").inc()
             if name == "pro":
                 router.mark_pro_down()
@@ -128,7 +126,7 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
             return _error(
                 502, f"flash at {router.upstreams[name].base_url} refused", "upstream_error", decision
             )
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as err:
             # Typically a kept-alive connection the upstream closed (idle timeout) just as it was reused:
             # no answer was started, so one more try on another connection is safe.
             metrics.upstream_errors.labels(name, "protocol").inc()
@@ -136,38 +134,45 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
                 retried = True
                 continue
             return _error(502, f"{name}: {type(err).__name__}", "upstream_error", decision)
-        except httpx.TimeoutException:
+        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
             metrics.upstream_errors.labels(name, "timeout").inc()
             return _error(504, f"{name} did not answer in time", "upstream_timeout", decision)
-        except httpx.HTTPError as err:
+        except aiohttp.ClientError as err:
             metrics.upstream_errors.labels(name, "other").inc()
             return _error(502, f"{name}: {type(err).__name__}", "upstream_error", decision)
-        if name == "pro" and resp.status_code in PRO_FALLBACK_STATUSES:
-            await resp.aclose()
-            metrics.upstream_errors.labels(name, f"http_{resp.status_code}").inc()
+        if name == "pro" and resp.status in PRO_FALLBACK_STATUSES:
+            resp.close()
+            metrics.upstream_errors.labels(name, f"http_{resp.status}").inc()
             router.mark_pro_down()
-            decision = decide.to_flash(decision, f"pro answered HTTP {resp.status_code}")
+            decision = decide.to_flash(decision, f"pro answered HTTP {resp.status}")
             continue
-        if resp.status_code >= 400:
-            metrics.upstream_errors.labels(name, f"http_{resp.status_code}").inc()
+        if resp.status >= 400:
+            metrics.upstream_errors.labels(name, f"http_{resp.status}").inc()
         metrics.requests.labels(decision.route, decision.reason).inc()
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
         headers.update(_route_headers(decision))
-        return StreamingResponse(_relay(router, name, resp), status_code=resp.status_code, headers=headers)
+        return StreamingResponse(_relay(router, name, resp), status_code=resp.status, headers=headers)
 
 
 async def _relay(router: Router, name: str, resp: Any):
-    """The upstream's bytes as they arrive; a stream cut by the upstream ends with an error event."""
-    import httpx
+    """The upstream's bytes as they arrive (all that has arrived, in one piece); a stream cut by the
+    upstream ends with an error event."""
+    import aiohttp
 
+    complete = False
     try:
-        async for chunk in resp.aiter_raw():
+        async for chunk in resp.content.iter_any():
             yield chunk
-    except httpx.HTTPError as err:
+        complete = True
+    except (aiohttp.ClientError, asyncio.TimeoutError) as err:
         router.metrics.upstream_errors.labels(name, "stream").inc()
         if not resp.headers.get("content-type", "").startswith("text/event-stream"):
             raise  # a plain body cut short: the client must see a broken connection, not a short answer
         error = {"message": f"{name} stream broke: {type(err).__name__}", "type": "upstream_error"}
         yield f"data: {json.dumps({'error': error})}\n\n".encode()
     finally:
-        await resp.aclose()
+        # A whole answer leaves its connection for the next request; a cut one (or a client gone) closes it.
+        if complete:
+            resp.release()
+        else:
+            resp.close()

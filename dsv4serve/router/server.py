@@ -36,7 +36,7 @@ class Explanation:
 def require_stack() -> None:
     """The ASGI stack comes with vLLM; a router-only install may lack it."""
     missing = []
-    for module in ("starlette", "httpx", "uvicorn", "prometheus_client"):
+    for module in ("starlette", "httpx", "aiohttp", "uvicorn", "prometheus_client"):
         try:
             __import__(module)
         except ImportError:
