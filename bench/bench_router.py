@@ -3,8 +3,9 @@
 1. Latency: rounds of 100 concurrent streaming chat requests, alternately straight to vLLM and through
    the router (rounds alternate so drift on a busy machine hits both alike). The router's profile routes
    every request by a rule, so the classifier call is excluded. Printed: time to first token and total,
-   p50/p99, router minus direct and the ratio router/direct (the anchor); and the router's own
-   pre-upstream time from its histogram (dsv4serve_route_proxy_overhead_seconds).
+   p50/p99, router minus direct and the ratio router/direct (the anchor); the router's own pre-upstream
+   time, exact per request (its x-dsv4serve-proxy-ms header) and interpolated from its histogram
+   (dsv4serve_route_proxy_overhead_seconds); and the router process's CPU seconds per 100 streams.
 2. Load: 500 streaming requests, 100 at a time, through the router: errors and lost answers must be 0.
 3. The classifier's cost: one classified request's latency and tokens, as /metrics reports them.
 
@@ -90,8 +91,9 @@ FAILURES: list[str] = []  # what went wrong, for the report
 MODEL = {"name": "tiny"}  # the upstream's served model, read from its /v1/models in main()
 
 
-async def one(client: httpx.AsyncClient, base: str, i: int) -> tuple[float, float, bool]:
-    """One streaming chat completion: (time to first token, total, complete)."""
+async def one(client: httpx.AsyncClient, base: str, i: int) -> tuple[float, float, bool, float | None]:
+    """One streaming chat completion: (time to first token, total, complete, the router's own time in s
+    from its x-dsv4serve-proxy-ms header or None when direct)."""
     body = {
         "model": MODEL["name"],
         "messages": [{"role": "user", "content": f"request {i}: tell me something"}],
@@ -105,17 +107,19 @@ async def one(client: httpx.AsyncClient, base: str, i: int) -> tuple[float, floa
         if resp.status_code != 200:
             text = (await resp.aread()).decode(errors="replace")
             FAILURES.append(f"HTTP {resp.status_code} {resp.headers.get('x-dsv4serve-route-reason')}: {text}")
-            return 0.0, time.perf_counter() - t0, False
+            return 0.0, time.perf_counter() - t0, False, None
+        own = resp.headers.get("x-dsv4serve-proxy-ms")
         async for line in resp.aiter_lines():
             if first is None and line.startswith("data: {") and '"content":"' in line.replace(" ", ""):
                 first = time.perf_counter() - t0
             done = done or line == "data: [DONE]"
     if not (done and first is not None):
         FAILURES.append(f"stream ended early: first token {first}, [DONE] {done}")
-    return first or 0.0, time.perf_counter() - t0, done and first is not None
+    ok = done and first is not None
+    return first or 0.0, time.perf_counter() - t0, ok, float(own) / 1000 if own else None
 
 
-async def batch(base: str, n: int, concurrency: int) -> tuple[list[tuple[float, float, bool]], int, float]:
+async def batch(base: str, n: int, concurrency: int) -> tuple[list[tuple], int, float]:
     """n requests, `concurrency` in flight at once: results, errors (exceptions included), wall time."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=concurrency)
     sem = asyncio.Semaphore(concurrency)
@@ -129,7 +133,7 @@ async def batch(base: str, n: int, concurrency: int) -> tuple[list[tuple[float, 
             except httpx.HTTPError as err:
                 FAILURES.append(f"{type(err).__name__}: {err}")
                 errors += 1
-                return (0.0, 0.0, False)
+                return (0.0, 0.0, False, None)
 
     async with httpx.AsyncClient(timeout=300, limits=limits, trust_env=False) as client:
         t0 = time.perf_counter()
@@ -154,12 +158,37 @@ def buckets(text: str, name: str) -> list[tuple[float, float]]:
 
 
 def histogram_quantile(before: str, after: str, name: str, q: float) -> str:
-    """The bucket bound under which quantile q of the observations made between two scrapes falls."""
+    """Quantile q of the observations made between two scrapes, interpolated linearly inside its bucket
+    (as Prometheus' histogram_quantile does)."""
     counts = [
         (le, b - a) for (le, b), (_, a) in zip(buckets(after, name), buckets(before, name), strict=True)
     ]
-    bound = next(le for le, count in counts if count >= q * counts[-1][1])
-    return f"{bound * 1000:g} ms"
+    rank, low, below = q * counts[-1][1], 0.0, 0.0
+    for le, count in counts:
+        if count >= rank:
+            if le == float("inf"):
+                return f"> {low * 1000:g} ms"
+            value = low + (le - low) * (rank - below) / max(count - below, 1e-9)
+            return f"{value * 1000:.2f} ms"
+        low, below = le, count
+    return "n/a"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_times(label: str, routed: list) -> None:
+    """p50/p99 of the router's own pre-upstream time, exact, from each answer's x-dsv4serve-proxy-ms."""
+    own = [x[3] for x in routed if x[3] is not None]
+    if own:
+        p50, p99 = (pct(own, q) * 1000 for q in (50, 99))
+        print(
+            f"  router's own time before the upstream ({label}, {len(own)} requests): "
+            f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        )
 
 
 def main() -> int:
@@ -183,7 +212,7 @@ def main() -> int:
         asyncio.run(batch(upstream, 8, 8))  # warm both paths (first requests compile, connect)
         asyncio.run(batch(router, 8, 8))
         sequential(upstream, router)
-        concurrent(upstream, router)
+        concurrent(upstream, router, procs[-1].pid)
         errors = load(upstream, router)
         classifier_cost(upstream)
         for failure in dict.fromkeys(FAILURES):
@@ -210,17 +239,21 @@ def sequential(upstream: str, router: str) -> None:
     print(f"one request at a time, {rounds} each, alternating:")
     report("time to first token", direct, routed, 0)
     report("total per request  ", direct, routed, 1)
+    own_times("header", routed)
 
 
-def concurrent(upstream: str, router: str) -> None:
+def concurrent(upstream: str, router: str, router_pid: int) -> None:
     """Rounds of CONCURRENCY streams at once, direct then routed; and the router's own histogram."""
     print(f"{CONCURRENCY} concurrent streams, {ROUNDS} round(s):")
     direct: list[tuple[float, float, bool]] = []
     routed: list[tuple[float, float, bool]] = []
     before = httpx.get(router + "/metrics", trust_env=False).text
+    cpu = []
     for r in range(ROUNDS):
         d, d_err, d_wall = asyncio.run(batch(upstream, CONCURRENCY, CONCURRENCY))
+        c0 = cpu_seconds(router_pid)
         g, g_err, g_wall = asyncio.run(batch(router, CONCURRENCY, CONCURRENCY))
+        cpu.append(cpu_seconds(router_pid) - c0)
         direct += d
         routed += g
         print(
@@ -232,7 +265,10 @@ def concurrent(upstream: str, router: str) -> None:
     after = httpx.get(router + "/metrics", trust_env=False).text
     name = "dsv4serve_route_proxy_overhead_seconds"
     p50, p99 = (histogram_quantile(before, after, name, q) for q in (0.5, 0.99))
-    print(f"router's own time before the upstream, these rounds (histogram): p50 <= {p50}, p99 <= {p99}")
+    own_times("header", routed)
+    print(f"  router's own time before the upstream (histogram, interpolated): p50 {p50}, p99 {p99}")
+    per100 = statistics.median(cpu) * 100 / CONCURRENCY
+    print(f"  router CPU per 100 streams: {per100:.3f} s (median of {ROUNDS} rounds)", flush=True)
 
 
 def load(upstream: str, router: str) -> int:

@@ -160,6 +160,26 @@ def test_a_rule_skips_the_classifier(pair, start_router):
     assert pro.served_calls()[0]["body"]["tools"] == tools  # the body passes through
 
 
+def test_the_routers_own_time_is_in_each_answer_and_in_fine_buckets(pair, start_router):
+    flash, pro = pair
+    router = start_router(flash.url, pro.url)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    owns = [float(post(router, chat("hi", tools=tools)).headers["x-dsv4serve-proxy-ms"]) for _ in range(3)]
+    name = "dsv4serve_route_proxy_overhead_seconds"
+    assert router.metric(name + "_count") == 3
+    # The histogram holds the same observations the headers report (the header rounds to 1 us).
+    assert abs(router.metric(name + "_sum") * 1000 - sum(owns)) < 0.01
+    assert all(0 < own < 1000 for own in owns)
+    # Enough bounds below 10 ms to place a p50 near 2 ms and a p99 near 10 ms.
+    metrics = CLIENT.get(router.url + "/metrics").text
+    bounds = [
+        float(line.split('le="')[1].split('"')[0])
+        for line in metrics.splitlines()
+        if name + "_bucket" in line
+    ]
+    assert sum(b <= 0.01 for b in bounds) >= 10
+
+
 def test_asking_for_an_upstreams_model_pins_it(pair, start_router):
     flash, pro = pair
     router = start_router(flash.url, pro.url, flash_model="flash-model", pro_model="pro-model")

@@ -99,7 +99,7 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
     from starlette.responses import StreamingResponse
 
     metrics = router.metrics
-    retried = False
+    retried, own = False, 0.0
     while True:
         name = decision.route
         model = await router.model(name)
@@ -111,7 +111,8 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
         content = json.dumps(payload).encode()
         headers = {"content-type": "application/json", **router.upstreams[name].headers()}
         if t0:  # once per request: fallbacks and retries are the upstream's cost, not the router's
-            metrics.proxy_seconds.observe(time.perf_counter() - t0 - decision.classifier_s)
+            own = time.perf_counter() - t0 - decision.classifier_s
+            metrics.proxy_seconds.observe(own)
             t0 = 0.0
         try:
             resp = await router.session().request(
@@ -151,6 +152,7 @@ async def _send(router: Router, decision: Decision, body: dict, path: str, t0: f
         metrics.requests.labels(decision.route, decision.reason).inc()
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
         headers.update(_route_headers(decision))
+        headers["x-dsv4serve-proxy-ms"] = f"{own * 1000:.3f}"  # exact, where the histogram has buckets
         return StreamingResponse(_relay(router, name, resp), status_code=resp.status, headers=headers)
 
 
