@@ -38,7 +38,7 @@ class Router:
         self.client = httpx.AsyncClient(
             verify=httpx.create_ssl_context() if https else False,
             timeout=httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.read_s, pool=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=4),
             trust_env=False,
         )
         self._session: Any = None  # the proxied streams' aiohttp session, made in the event loop
@@ -62,7 +62,9 @@ class Router:
         if self._session is None:
             t = self.profile.timeouts
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                # Idle connections dropped after 4 s, before vLLM's uvicorn drops them (5 s): a reused
+                # connection is then rarely one the upstream is closing (the retry covers the rest).
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4),
                 timeout=aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_read=t.read_s),
                 auto_decompress=False,
             )
