@@ -473,10 +473,13 @@ class Node(threading.Thread):
 
 def two_nodes():
     master, api = free_port(), free_port()
+    while api in (master, master + 1):  # master + 1 is the nodes' own control port
+        api = free_port()
     worker, head = Node(1, master, api), Node(0, master, api)
     worker.start()
     head.start()
-    assert head.ready.wait(20) and worker.ready.wait(10)
+    for node, wait_s in ((head, 20), (worker, 10)):
+        assert node.ready.wait(wait_s), (node.rank, node.code, node.error, [e.text for e in node.events][-6:])
     return head, worker
 
 

@@ -22,7 +22,7 @@ READY_S = 540
 def test_two_cpu_nodes_serve_one_model_and_stop_together(monkeypatch):
     api, master = free_port(), free_port()
     common = ["up", "tiny", "--nodes", "2", "--master-addr", "127.0.0.1", "--master-port", str(master)]
-    common += ["--port", str(api), "--timeout", str(READY_S)]
+    common += ["--port", str(api), "--timeout", str(READY_S), "-v"]  # -v: vLLM's own lines too
     nodes = []
     for rank in (0, 1):
         # each "node" its own core, as two machines would be (else the two OpenMP pools fight over both)
