@@ -14,19 +14,11 @@ from dsv4serve.export.spec import (
     header,
     up_argv,
 )
+from dsv4serve.jit_cache import CACHE_VARS
 
 # Cache locations the unit pins, so the service finds the weights and JIT caches the exporting user has:
 # a unit's environment is not the login shell's.
-PATH_VARS = (
-    "HF_HOME",
-    "HF_HUB_CACHE",
-    "VLLM_CACHE_ROOT",
-    "DG_JIT_CACHE_DIR",
-    "TILELANG_CACHE_DIR",
-    "TRITON_CACHE_DIR",
-    "TORCHINDUCTOR_CACHE_DIR",
-    "CUTE_DSL_CACHE_DIR",
-)
+PATH_VARS = ("HF_HOME", "HF_HUB_CACHE", *(var for var, _ in CACHE_VARS))
 
 
 def cache_environment(environ: Mapping[str, str], home: str) -> list[tuple[str, str]]:
