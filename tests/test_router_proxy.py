@@ -325,3 +325,73 @@ def _read_json(proc) -> str:
         if line.startswith("}"):
             return "".join(lines)
     raise AssertionError(f"no ready event; stderr: {proc.stderr.read()}")
+
+
+def _stat(pid: int | str) -> tuple[str, int] | None:
+    """(state, parent pid) of a live process, None when it is gone or a zombie (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in "ZX" else (fields[0], int(fields[1]))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and (_stat(e) or ("", 0))[1] == pid]
+
+
+def _start_workers(pair, tmp_path, workers: int):
+    flash, pro = pair
+    port = str(free_port())
+    argv = [sys.executable, "-m", "dsv4serve", "route", "--flash", flash.url, "--pro", pro.url]
+    proc = subprocess.Popen(
+        [*argv, "--port", port, "--workers", str(workers), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # where the workers' metric files go
+    )
+    ready = json.loads(_read_json(proc))
+    assert ready["workers"] == workers
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def test_workers_share_the_port_and_one_metrics_sums_them(pair, tmp_path):
+    import concurrent.futures
+
+    proc, url = _start_workers(pair, tmp_path, 3)
+    try:
+        assert len(_children(proc.pid)) == 2  # the first worker is the command's own process
+
+        def one(i: int) -> int:  # a connection each: the kernel spreads connections, not requests
+            with httpx.Client(trust_env=False, timeout=30) as client:
+                return client.post(url + "/v1/chat/completions", json=chat(f"hi {i}")).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(one, range(60)))
+        assert statuses == [200] * 60
+        (metrics_dir,) = tmp_path.glob("dsv4serve-route-metrics-*")
+        served_by = {p.stem.split("_")[1] for p in metrics_dir.glob("counter_*.db")}
+        assert len(served_by) >= 2, served_by  # more than one process answered
+        text = CLIENT.get(url + "/metrics").text  # whichever worker answers, the sum of all
+        line = 'dsv4serve_route_requests_total{reason="classified-simple",route="flash"} 60.0'
+        assert line in text.splitlines()
+    finally:
+        proc.send_signal(2)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert not list(tmp_path.glob("dsv4serve-route-metrics-*"))  # removed at the end
+
+
+def test_a_killed_router_leaves_no_worker(pair, tmp_path):
+    proc, url = _start_workers(pair, tmp_path, 2)
+    (worker,) = _children(proc.pid)
+    proc.kill()
+    proc.communicate(timeout=10)
+    deadline = time.monotonic() + 10
+    while _stat(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _stat(worker) is None, f"worker {worker} outlived its router"
+    with pytest.raises(httpx.ConnectError):
+        CLIENT.get(url + "/health")

@@ -62,6 +62,15 @@ def register(app: typer.Typer) -> None:
         tools: Annotated[
             bool, typer.Option("--tools", help="With --explain: the request carries tools.")
         ] = False,
+        workers: Annotated[
+            Optional[int],  # noqa: UP045 - typer needs Optional here
+            typer.Option(
+                "--workers",
+                min=1,
+                max=64,
+                help="Router processes sharing the port (default: one per core but one, at most 4).",
+            ),
+        ] = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Serve an OpenAI-compatible router: Flash classifies each request, complex ones go to Pro."""
@@ -81,7 +90,7 @@ def register(app: typer.Typer) -> None:
         if explain is not None:
             _explain(profile, up_flash, up_pro, explain, tools, as_json)
             return
-        _serve(profile, up_flash, up_pro, host, port, (flash_key_file, pro_key_file), as_json)
+        _serve(profile, up_flash, up_pro, host, port, (flash_key_file, pro_key_file), workers, as_json)
 
 
 _PAIR_HINT = (
@@ -116,13 +125,18 @@ def _explain(profile, flash, pro, prompt: str, tools: bool, as_json: bool) -> No
         out.print(f"detail: {result.detail}", markup=False)
 
 
-def _serve(profile, flash, pro, host: str, port: int, key_files, as_json: bool) -> None:
+def _serve(profile, flash, pro, host: str, port: int, key_files, workers: int | None, as_json: bool) -> None:
+    import sys
+
     from dsv4serve.render import console, print_json
     from dsv4serve.router.dispatch import ROUTER_MODEL
     from dsv4serve.router.server import bind, serve
     from dsv4serve.router.upstreams import key_source
+    from dsv4serve.router.workers import default_workers
 
-    sock = bind(host, port)
+    workers = workers or default_workers()
+    sock = bind(host, port, reuse_port=workers > 1)
+
     url = f"http://{host}:{port}"
     keys = {"flash": key_source("flash", key_files[0]), "pro": key_source("pro", key_files[1])}
 
@@ -133,11 +147,13 @@ def _serve(profile, flash, pro, host: str, port: int, key_files, as_json: bool) 
                 "endpoint": url + "/v1",
                 "model": ROUTER_MODEL,
                 "profile": profile.name,
+                "workers": workers,
             }
             print_json({**event, "upstreams": state})
             return
         out = console()
-        out.print(f"router {profile.name} ready: {url}/v1  (model: {ROUTER_MODEL})", markup=False)
+        procs = f"{workers} workers" if workers > 1 else "1 worker"
+        out.print(f"router {profile.name} ready: {url}/v1  (model: {ROUTER_MODEL}, {procs})", markup=False)
         for name, s in state.items():
             then = (
                 "its requests go to Flash until it answers"
@@ -151,4 +167,7 @@ def _serve(profile, flash, pro, host: str, port: int, key_files, as_json: bool) 
         out.print(curl, markup=False, crop=False, overflow="ignore")
         out.print(f"metrics: {url}/metrics   Ctrl-C stops the router", markup=False)
 
-    serve(profile, flash, pro, sock, on_ready)
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    serve(profile, flash, pro, sock, on_ready, workers, say)

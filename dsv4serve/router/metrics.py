@@ -50,6 +50,14 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition format and its content type."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        import os
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        registry = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers: the sum of all their files
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST

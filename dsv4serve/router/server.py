@@ -35,12 +35,11 @@ class Explanation:
 
 def require_stack() -> None:
     """The ASGI stack comes with vLLM; a router-only install may lack it."""
-    missing = []
-    for module in ("starlette", "httpx", "aiohttp", "uvicorn", "prometheus_client"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module.replace("_", "-"))
+    from importlib.util import find_spec
+
+    # Found, not imported: prometheus_client must be imported after the workers' metrics mode is set.
+    modules = ("starlette", "httpx", "aiohttp", "uvicorn", "prometheus_client")
+    missing = [m.replace("_", "-") for m in modules if find_spec(m) is None]
     if missing:
         raise UsageError(
             f"`dsv4serve route` needs {', '.join(missing)}",
@@ -48,8 +47,9 @@ def require_stack() -> None:
         )
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before anything else so a busy port fails at once (exit 5)."""
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """The listening socket, bound before anything else so a busy port fails at once (exit 5).
+    reuse_port: workers will bind sockets of their own to the same address (SO_REUSEPORT)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
@@ -59,6 +59,8 @@ def bind(host: str, port: int) -> socket.socket:
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
     except OSError as err:
@@ -78,8 +80,46 @@ def serve(
     pro: Upstream,
     sock: socket.socket,
     on_ready: Callable[[dict], None],
+    workers: int = 1,
+    say: Callable[[str], None] = print,
 ) -> None:
-    """Serve until SIGINT/SIGTERM. on_ready gets each upstream's state once the app has started."""
+    """Serve until SIGINT/SIGTERM with `workers` processes on one socket. on_ready gets each upstream's
+    state once the first worker has started; say() reports a worker that died."""
+    from dsv4serve.router import workers as pool
+
+    with pool.shared_metrics(workers):
+        children = pool.fork_workers(
+            workers - 1, lambda _: _run(profile, flash, pro, pool.own_socket(sock), None)
+        )
+        try:
+            _run(profile, flash, pro, sock, on_ready, _watch(children, workers, say) if children else None)
+        finally:
+            pool.stop_workers(children)
+
+
+def _watch(children: list[int], total: int, say: Callable[[str], None]):
+    """A task for the first worker's loop: says when another worker dies (the rest keep serving)."""
+    from dsv4serve.router import workers as pool
+
+    async def watch() -> None:
+        while children:
+            for pid, code in pool.reap(children):
+                left = len(children) + 1
+                say(f"router worker {pid} exited with code {code}; {left} of {total} workers serve on")
+            await asyncio.sleep(1.0)
+
+    return watch
+
+
+def _run(
+    profile: RouterProfile,
+    flash: Upstream,
+    pro: Upstream,
+    sock: socket.socket,
+    on_ready: Callable[[dict], None] | None,
+    watch=None,
+) -> None:
+    """One worker: its own Router (clients, metrics) and uvicorn loop on the shared socket."""
     import uvicorn
 
     from dsv4serve.router.app import create_app
@@ -91,8 +131,12 @@ def serve(
     @contextlib.asynccontextmanager
     async def lifespan(app_):
         async with inner(app_):
-            on_ready({name: await router.probe(name) for name in ("flash", "pro")})
+            if on_ready is not None:
+                on_ready({name: await router.probe(name) for name in ("flash", "pro")})
+            task = asyncio.get_running_loop().create_task(watch()) if watch else None
             yield
+            if task:
+                task.cancel()
 
     app.router.lifespan_context = lifespan
     config = uvicorn.Config(
