@@ -11,6 +11,8 @@
 
 Goal (issue 14): added p50 < 2 ms and p99 < 10 ms; zero errors. BENCH_QUICK=1: 1 round, 200 requests.
 BENCH_ROUTER_UPSTREAM=http://127.0.0.1:PORT uses a tiny vLLM already running instead of starting one.
+BENCH_ROUTER_WORKERS=1,4: the router's --workers values to compare, one router each (default: 1 and
+route's own default, which is 1 on a 2-core machine).
 """
 
 from __future__ import annotations
@@ -175,25 +177,40 @@ def histogram_quantile(before: str, after: str, name: str, q: float) -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its children: the router's workers (Linux /proc)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = 0
+    for p in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
-def own_times(label: str, routed: list) -> None:
-    """p50/p99 of the router's own pre-upstream time, exact, from each answer's x-dsv4serve-proxy-ms."""
+def own_times(label: str, routed: list) -> tuple[float, float]:
+    """p50/p99 (ms) of the router's own pre-upstream time, exact, from each answer's x-dsv4serve-proxy-ms."""
     own = [x[3] for x in routed if x[3] is not None]
-    if own:
-        p50, p99 = (pct(own, q) * 1000 for q in (50, 99))
-        print(
-            f"  router's own time before the upstream ({label}, {len(own)} requests): "
-            f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
-        )
+    if not own:
+        return float("nan"), float("nan")
+    p50, p99 = (pct(own, q) * 1000 for q in (50, 99))
+    print(
+        f"  router's own time before the upstream ({label}, {len(own)} requests): "
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+    )
+    return p50, p99
+
+
+def worker_counts() -> list[int]:
+    from dsv4serve.router.workers import default_workers
+
+    given = os.environ.get("BENCH_ROUTER_WORKERS")
+    counts = [int(w) for w in given.split(",")] if given else [1, default_workers()]
+    return list(dict.fromkeys(counts))
 
 
 def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
     procs: list[subprocess.Popen] = []
+    print(f"{len(os.sched_getaffinity(0))} cores available; router workers compared: {worker_counts()}")
     try:
         upstream = os.environ.get("BENCH_ROUTER_UPSTREAM")
         if not upstream:
@@ -205,15 +222,32 @@ def main() -> int:
             print(f"tiny vLLM ready in {time.monotonic() - t0:.1f} s at {upstream}", flush=True)
         MODEL["name"] = httpx.get(upstream + "/v1/models", trust_env=False).json()["data"][0]["id"]
         (tmp / "bench.yaml").write_text(PROFILE)
-        rport = free_port()
-        router = f"http://127.0.0.1:{rport}"
-        route = ["route", str(tmp / "bench.yaml"), "--flash", upstream, "--pro", upstream]
-        procs.append(start([*route, "--port", str(rport)], router + "/v1/models", 30, tmp, "router"))
-        asyncio.run(batch(upstream, 8, 8))  # warm both paths (first requests compile, connect)
-        asyncio.run(batch(router, 8, 8))
-        sequential(upstream, router)
-        concurrent(upstream, router, procs[-1].pid)
-        errors = load(upstream, router)
+        errors, summary = 0, []
+        for n, workers in enumerate(worker_counts()):
+            rport = free_port()
+            router = f"http://127.0.0.1:{rport}"
+            route = ["route", str(tmp / "bench.yaml"), "--flash", upstream, "--pro", upstream]
+            route += ["--port", str(rport), "--workers", str(workers)]
+            proc = start(route, router + "/v1/models", 30, tmp, f"router-{workers}")
+            procs.append(proc)
+            print(f"--- router with {workers} worker(s) ---", flush=True)
+            asyncio.run(batch(upstream, 8, 8))  # warm both paths (first requests compile, connect)
+            asyncio.run(batch(router, 2 * CONCURRENCY, CONCURRENCY))  # every worker connects upstream
+            if n == 0:
+                sequential(upstream, router)
+            burst = concurrent(upstream, router, proc.pid)
+            load_errors, steady = load(upstream, router)
+            errors += load_errors
+            summary.append((workers, burst, steady))
+            stop(proc)
+            procs.remove(proc)
+        print("router's own time before the upstream, exact (goal: p50 < 2 ms, p99 < 10 ms):")
+        for workers, burst, steady in summary:
+            print(
+                f"  {workers} worker(s): rounds of {CONCURRENCY} at once p50 {burst[0]:.2f} / "
+                f"p99 {burst[1]:.2f} ms; {CONCURRENCY} in flight (load) p50 {steady[0]:.2f} / "
+                f"p99 {steady[1]:.2f} ms"
+            )
         classifier_cost(upstream)
         for failure in dict.fromkeys(FAILURES):
             print(f"failure ({FAILURES.count(failure)}x): {failure[:300]}")
@@ -242,7 +276,7 @@ def sequential(upstream: str, router: str) -> None:
     own_times("header", routed)
 
 
-def concurrent(upstream: str, router: str, router_pid: int) -> None:
+def concurrent(upstream: str, router: str, router_pid: int) -> tuple[float, float]:
     """Rounds of CONCURRENCY streams at once, direct then routed; and the router's own histogram."""
     print(f"{CONCURRENCY} concurrent streams, {ROUNDS} round(s):")
     direct: list[tuple[float, float, bool]] = []
@@ -265,14 +299,18 @@ def concurrent(upstream: str, router: str, router_pid: int) -> None:
     after = httpx.get(router + "/metrics", trust_env=False).text
     name = "dsv4serve_route_proxy_overhead_seconds"
     p50, p99 = (histogram_quantile(before, after, name, q) for q in (0.5, 0.99))
-    own_times("header", routed)
+    exact = own_times("header", routed)
     print(f"  router's own time before the upstream (histogram, interpolated): p50 {p50}, p99 {p99}")
     per100 = statistics.median(cpu) * 100 / CONCURRENCY
-    print(f"  router CPU per 100 streams: {per100:.3f} s (median of {ROUNDS} rounds)", flush=True)
+    print(
+        f"  router CPU per 100 streams (all workers): {per100:.3f} s (median of {ROUNDS} rounds)", flush=True
+    )
+    return exact
 
 
-def load(upstream: str, router: str) -> int:
-    """LOAD_REQUESTS streams, CONCURRENCY in flight, through the router then direct: errors + lost."""
+def load(upstream: str, router: str) -> tuple[int, tuple[float, float]]:
+    """LOAD_REQUESTS streams, CONCURRENCY in flight, through the router then direct: errors + lost, and
+    the router's own time once a stream starts as another ends (arrivals spread, not one burst)."""
     results, errors, wall = asyncio.run(batch(router, LOAD_REQUESTS, CONCURRENCY))
     lost = LOAD_REQUESTS - len(results)
     _, d_errors, d_wall = asyncio.run(batch(upstream, LOAD_REQUESTS, CONCURRENCY))
@@ -281,7 +319,7 @@ def load(upstream: str, router: str) -> int:
         f"({LOAD_REQUESTS / wall:.1f} req/s): {errors} errors, {lost} lost; direct {d_wall:.2f} s "
         f"({d_errors} errors); ratio router/direct {wall / d_wall:.3f}"
     )
-    return errors + lost
+    return errors + lost, own_times("load", results)
 
 
 def report(what: str, direct: list, routed: list, field: int) -> None:

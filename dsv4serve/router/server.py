@@ -88,9 +88,7 @@ def serve(
     from dsv4serve.router import workers as pool
 
     with pool.shared_metrics(workers):
-        children = pool.fork_workers(
-            workers - 1, lambda _: _run(profile, flash, pro, pool.own_socket(sock), None)
-        )
+        children = pool.spawn_workers(workers - 1, sock, (profile, flash, pro))
         try:
             _run(profile, flash, pro, sock, on_ready, _watch(children, workers, say) if children else None)
         finally:
@@ -109,6 +107,11 @@ def _watch(children: list[int], total: int, say: Callable[[str], None]):
             await asyncio.sleep(1.0)
 
     return watch
+
+
+def run_worker(profile: RouterProfile, flash: Upstream, pro: Upstream, sock: socket.socket) -> None:
+    """A spawned worker (router/workers.py): serve on its own socket until stopped."""
+    _run(profile, flash, pro, sock, None)
 
 
 def _run(

@@ -1,7 +1,7 @@
 """Several router processes on one listening socket, with one /metrics for all of them.
 
 One event loop serializes every request's parsing and every relayed chunk: a burst of 100 arrivals at
-~0.4 ms of work each queues the last one ~40 ms. N forked workers each listen on a socket of their own
+~0.4 ms of work each queues the last one ~40 ms. N worker processes each listen on a socket of their own
 bound to the same address (SO_REUSEPORT): the kernel spreads connections over them as they arrive. One
 shared listening socket would not: asyncio accepts up to `backlog` waiting connections per wake-up, so
 the first worker awake takes a whole burst. Counters and histograms live in prometheus_client's
@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from dsv4serve import procs
 
@@ -61,72 +63,69 @@ def shared_metrics(workers: int) -> Iterator[str | None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def fork_workers(count: int, run: Callable[[int], None]) -> list[int]:
-    """Fork `count` workers that each call run(index) (index 1..count) and exit; returns their pids.
+def spawn_workers(count: int, sock: socket.socket, setup: tuple) -> list[subprocess.Popen]:
+    """Start `count` worker processes serving `setup` (profile, flash, pro) on sock's address.
 
-    Forked before any event loop or thread exists in this process, so each child starts clean. A child
-    dies with the parent (PR_SET_PDEATHSIG), so a SIGKILLed router leaves no worker behind."""
-    die_with_parent = procs.pdeathsig_preexec(signal.SIGTERM)  # made here: it records this pid as parent
-    pids = []
-    for index in range(1, count + 1):
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 0
-            try:
-                die_with_parent()
-                run(index)
-            except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
-                import traceback
-
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        pids.append(pid)
-    return pids
+    Fresh interpreters, not forks: the router may already run threads (the vLLM servers' supervision
+    when `route` started them), and a forked child of a threaded process can deadlock on a lock some
+    other thread held. The setup (with the upstreams' keys) goes through a pipe, never the argv. Each
+    worker dies with the router (PR_SET_PDEATHSIG), so a SIGKILLed router leaves none behind."""
+    payload = pickle.dumps((*setup, sock.family, sock.getsockname()))
+    workers = []
+    for _ in range(count):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dsv4serve.router.workers"],
+            stdin=subprocess.PIPE,
+            preexec_fn=procs.pdeathsig_preexec(signal.SIGTERM),  # noqa: PLW1509 - only prctl, no locks
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(payload)
+        proc.stdin.close()
+        workers.append(proc)
+    return workers
 
 
-def own_socket(shared: socket.socket) -> socket.socket:
-    """In a worker: a listening socket of its own on the parent's address (the kernel balances
-    connections across the group); the inherited one is closed here so only the parent accepts on it.
-    Linux admits only sockets of the same user to the group, so no other user can take connections."""
-    address = shared.getsockname()
-    sock = socket.socket(shared.family, socket.SOCK_STREAM)
+def _worker_main() -> None:
+    """A spawned worker: read its setup, bind its own socket, serve until stopped."""
+    from dsv4serve.router import server
+
+    profile, flash, pro, family, address = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - our parent
+    server.run_worker(profile, flash, pro, listen(family, address))
+
+
+def listen(family: int, address) -> socket.socket:
+    """A worker's listening socket on the router's address: the kernel balances new connections across
+    the group (SO_REUSEPORT). Linux admits only sockets of the same user to it, so no other user's
+    process can take the router's connections."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
-    sock.listen(2048)  # as the parent's: a burst of 100+ connections waits, never refused
-    shared.close()
+    sock.listen(2048)  # as the first worker's: a burst of 100+ connections waits, never refused
     return sock
 
 
-def reap(pids: list[int]) -> list[tuple[int, int]]:
-    """The workers that have exited since the last call: (pid, exit status); removes them from pids."""
-    gone = []
-    for pid in list(pids):
-        with contextlib.suppress(ChildProcessError):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if not done:
-                continue
-            gone.append((pid, os.waitstatus_to_exitcode(status)))
-        pids.remove(pid)
+def reap(workers: list[subprocess.Popen]) -> list[tuple[int, int]]:
+    """The workers that have exited since the last call: (pid, exit code); removes them from the list."""
+    gone = [(w.pid, w.returncode) for w in workers if w.poll() is not None]
+    workers[:] = [w for w in workers if w.returncode is None]
     return gone
 
 
-def stop_workers(pids: list[int], grace_s: float = STOP_GRACE_S) -> None:
+def stop_workers(workers: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM (uvicorn finishes open answers), then SIGKILL what is left after grace_s."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    for w in workers:
+        if w.poll() is None:
+            w.terminate()
     deadline = time.monotonic() + grace_s
-    while pids and time.monotonic() < deadline:
-        reap(pids)
-        time.sleep(0.05)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-    pids.clear()
+    for w in workers:
+        try:
+            w.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
+    workers.clear()
+
+
+if __name__ == "__main__":
+    _worker_main()
