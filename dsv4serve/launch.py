@@ -3,13 +3,13 @@
 The only place that starts processes. vLLM runs in its own session/process group with its own TMPDIR;
 its output is drained by a thread (an unread pipe kills vLLM while it loads) into a log file, a tail
 buffer and the caller's callback. A watchdog outside the group stops the group if dsv4serve dies.
+What counts as ready, and how long to wait for it, is launch_ready's.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -17,14 +17,15 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsv4serve import procs
+from dsv4serve import launch_ready, procs
 from dsv4serve.errors import LaunchError
+
+# startup_timeout moved to launch_ready; commands/serve.py and serving/ still import it from here.
+from dsv4serve.launch_ready import startup_timeout  # noqa: F401
 from dsv4serve.redact import open_private_log
 from dsv4serve.startup_log import PHASES, OutputReader, Step, exit_hint
 
@@ -33,12 +34,6 @@ __all__ = ["PHASES", "Event", "LaunchSpec", "Server", "run_server", "running_ser
 TAIL_LINES = 40
 STARTUP_GRACE_S = 3.0  # SIGTERM -> SIGKILL while vLLM is still starting
 GPU_SLACK_BYTES = 512 * 2**20  # other tenants come and go; more than this is ours
-
-
-# A cold DeepSeek-V4 start compiles kernels for many minutes before it answers: on one H200 the DeepGEMM
-# warmup alone ran 1,131 kernels at ~2.2 a second (docs/validation.md). While vLLM keeps reporting such
-# progress the readiness deadline waits; once progress stalls this long, the deadline applies again.
-PROGRESS_GRACE_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -178,7 +173,7 @@ class Server:
                 self._drain_join(5.0)
                 raise self._early_exit_error(code)
             now = time.monotonic()
-            if now >= deadline and now - self._progress_at >= PROGRESS_GRACE_S:
+            if launch_ready.past_deadline(now, deadline, self._progress_at):
                 raise LaunchError(
                     f"vLLM did not become ready within {self.spec.startup_timeout_s:.0f} s "
                     f"(last phase: {self.phase}); its last log lines:\n{self._tail_text()}",
@@ -189,8 +184,10 @@ class Server:
             if self.spec.headless:
                 ready = world
             else:
-                healthy = healthy or self._get("/health") == 200
-                ready = healthy and self._one_token(max(1.0, deadline - time.monotonic()))
+                healthy = healthy or launch_ready.http_status(self.base_url + "/health") == 200
+                ready = healthy and launch_ready.one_token(
+                    self.base_url, self.spec, max(1.0, deadline - time.monotonic())
+                )
             if ready:
                 self.ready_s = self.elapsed()
                 self._emit("phase", "ready")
@@ -287,36 +284,6 @@ class Server:
         if self._drain is not None:
             self._drain.join(timeout_s)
 
-    def _get(self, path: str) -> int | None:
-        try:
-            with _OPENER.open(self.base_url + path, timeout=2.0) as resp:
-                return resp.status
-        except urllib.error.HTTPError as err:
-            return err.code
-        except (OSError, ValueError):
-            return None
-
-    def _one_token(self, timeout_s: float) -> bool:
-        body = json.dumps({"model": self.spec.served_model_name, "prompt": "ready?", "max_tokens": 1})
-        headers = {"Content-Type": "application/json"}
-        key = api_key(self.spec)
-        if key:  # a keyed vLLM answers 401 without it, and the start would fail
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.base_url + "/v1/completions", data=body.encode(), headers=headers)
-        try:
-            with _OPENER.open(req, timeout=min(timeout_s, 60.0)) as resp:
-                return bool(json.loads(resp.read()).get("choices"))
-        except urllib.error.HTTPError as err:
-            if 400 <= err.code < 500:  # a request vLLM will never accept: waiting longer cannot help
-                detail = err.read().decode("utf-8", errors="replace")[:500]
-                raise LaunchError(
-                    f"vLLM answered the readiness completion with HTTP {err.code}: {detail}",
-                    f"check serve.served_model_name ({self.spec.served_model_name!r})",
-                ) from err
-            return False
-        except (OSError, ValueError):
-            return False
-
     def _early_exit_error(self, code: int) -> LaunchError:
         tail = self._tail_text()
         hint = exit_hint(tail)
@@ -354,26 +321,6 @@ class Server:
                 + "; ".join(held)
                 + " (`dsv4serve gpus` shows the processes holding it)",
             )
-
-
-def api_key(spec: LaunchSpec) -> str | None:
-    """The key vLLM will require: its --api-key (last one wins), else VLLM_API_KEY in its environment."""
-    key = None
-    for i, arg in enumerate(spec.argv):
-        if arg.replace("_", "-") == "--api-key" and i + 1 < len(spec.argv):
-            key = spec.argv[i + 1]
-        elif arg.replace("_", "-").startswith("--api-key="):
-            key = arg.partition("=")[2]
-    return key or spec.env.get("VLLM_API_KEY") or os.environ.get("VLLM_API_KEY") or None
-
-
-def startup_timeout(serve_timeout_s: int, weights_bytes: int, override: float | None = None) -> float:
-    """Readiness deadline: --timeout, else the profile's, else sized from the weights (~400 MB/s)."""
-    if override:
-        return float(override)
-    if serve_timeout_s > 0:
-        return float(serve_timeout_s)
-    return 300.0 + weights_bytes / 400e6
 
 
 def run_server(
@@ -417,7 +364,3 @@ def running_server(spec: LaunchSpec, notify: Notify | None = None) -> Iterator[S
             yield server
         finally:
             server.stop()
-
-
-# Readiness traffic goes to the local server directly, never through an HTTP(S)_PROXY.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

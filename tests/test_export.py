@@ -148,7 +148,7 @@ def test_systemd_unit_passes_systemd_analyze_verify(run_cli, fixed_env, tmp_path
 
 
 def test_sizes_follow_the_plan(run_cli, fixed_env):
-    from dsv4serve.launch import startup_timeout
+    from dsv4serve.launch_ready import startup_timeout
     from dsv4serve.profiles import load_profile
 
     flash = load_profile("flash")

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from dsv4serve import launch, procs
+from dsv4serve import launch_ready, procs
 from dsv4serve.errors import LaunchError
-from dsv4serve.launch import LaunchSpec, Server, startup_timeout
+from dsv4serve.launch import LaunchSpec, Server
+from dsv4serve.launch_ready import startup_timeout
 
 PY = sys.executable
 
@@ -150,7 +151,7 @@ WARMS_UP = (
 
 
 def test_the_deadline_waits_while_vllm_reports_progress(monkeypatch):
-    monkeypatch.setattr(launch, "PROGRESS_GRACE_S", 1.5)
+    monkeypatch.setattr(launch_ready, "PROGRESS_GRACE_S", 1.5)
     server = Server(spec(WARMS_UP, timeout=1.0, grace=1.0))
     server.start()
     t0 = time.monotonic()

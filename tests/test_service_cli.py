@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from dsv4serve.launch import LaunchSpec, api_key
+from dsv4serve.launch import LaunchSpec
+from dsv4serve.launch_ready import api_key
 from dsv4serve.service import keys, state
 from tests.test_service_state import record as state_record
 

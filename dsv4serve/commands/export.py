@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         from dsv4serve.errors import UsageError
         from dsv4serve.export import FORMATS
         from dsv4serve.export.spec import make_deployment
-        from dsv4serve.launch import startup_timeout
+        from dsv4serve.launch_ready import startup_timeout
         from dsv4serve.nodes.options import NodeOptions, check
 
         if fmt not in FORMATS:
