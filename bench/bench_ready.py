@@ -20,7 +20,7 @@ import time
 import urllib.request
 
 from dsv4serve import procs
-from dsv4serve.commands.serve import prepare_launch
+from dsv4serve.serving.prepare import prepare_launch
 
 ROUNDS = 1 if os.environ.get("BENCH_QUICK") == "1" else 3
 PROBE_S = 0.2  # the launcher's default probe interval

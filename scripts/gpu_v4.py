@@ -370,7 +370,7 @@ def cold_record(entry: dict) -> dict:
 
 def bare_round(out: Path, args, name: str) -> dict:
     """`vllm serve` with up's own argv and env (prepare_launch), ready by the same test as up's."""
-    from dsv4serve.commands.serve import prepare_launch
+    from dsv4serve.serving.prepare import prepare_launch
     from dsv4serve.startup_log import OutputReader
 
     gpus = None if args.gpus == "cpu" else args.gpus

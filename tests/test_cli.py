@@ -57,7 +57,7 @@ def test_an_unexpected_error_is_one_line_unless_debugging(run_cli, monkeypatch):
 @pytest.mark.parametrize("extra", [["--served-model-name", "mine"], ["--served-model-name=mine"]])
 def test_up_talks_to_the_served_name_vllm_will_use(extra):
     """Args after `--` come last and win in vLLM; the readiness probe and curl line must use them too."""
-    from dsv4serve.commands.serve import prepare_launch
+    from dsv4serve.serving.prepare import prepare_launch
 
     _, spec = prepare_launch("tiny", extra_args=extra)
     assert spec.served_model_name == "mine"

@@ -254,7 +254,7 @@ def test_context_memory_and_eager_after_dashdash_are_planned(run_cli):
 
 
 def test_host_and_port_after_dashdash_reach_the_readiness_probe():
-    from dsv4serve.commands.serve import prepare_launch
+    from dsv4serve.serving.prepare import prepare_launch
 
     plan, spec = prepare_launch("tiny", extra_args=["--port=9123", "--host", "0.0.0.0"])
     assert (spec.host, spec.port) == ("0.0.0.0", 9123)
@@ -411,7 +411,7 @@ def test_secrets_are_masked_everywhere_shown(run_cli, secret_profile, args):
 
 
 def test_vllm_still_gets_the_secret_values(secret_profile):
-    from dsv4serve.commands.plan import plan_from_options
+    from dsv4serve.planning.options import plan_from_options
 
     _, plan = plan_from_options(str(secret_profile), hardware="2xH200")
     assert dict(plan.env)["HF_TOKEN"] == TOKEN and KEY in plan.args

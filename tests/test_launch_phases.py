@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from tqdm import tqdm
 
-from dsv4serve.commands.serve import terminal_notify
 from dsv4serve.launch import Event, LaunchSpec, Server
+from dsv4serve.service.console import terminal_notify
 from dsv4serve.startup_log import (
     PHASE_NAMES,
     LineSplitter,

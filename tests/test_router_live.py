@@ -85,7 +85,7 @@ class Process:
 def bare_vllm_argv(home: Path, port: int) -> tuple[list[str], dict[str, str]]:
     """The planner's vLLM command for tiny, to run without `up`: `up`'s readiness completion sends no
     API key, so it cannot start a vLLM that requires one (VLLM_API_KEY)."""
-    from dsv4serve.commands.serve import prepare_launch
+    from dsv4serve.serving.prepare import prepare_launch
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(home / ".cache"))

@@ -169,7 +169,7 @@ def test_the_calm_console_shows_phases_as_lines_when_piped_and_a_display_on_a_te
 
 
 def test_the_ready_curl_line_of_a_keyed_server_names_the_variable_not_the_key():
-    from dsv4serve.commands.serve import _curl_line
+    from dsv4serve.serving.chat import curl_line as _curl_line
 
     plain = _curl_line("http://127.0.0.1:8000", "tiny")
     keyed = _curl_line("http://127.0.0.1:8000", "tiny", keyed=True)

@@ -96,12 +96,12 @@ def register(app: typer.Typer) -> None:
         import os
         import sys
 
-        from dsv4serve.commands.plan import ensure_fits, plan_from_options
         from dsv4serve.errors import UsageError
         from dsv4serve.export import FORMATS
         from dsv4serve.export.spec import make_deployment
         from dsv4serve.launch_ready import startup_timeout
         from dsv4serve.nodes.options import NodeOptions, check
+        from dsv4serve.planning.options import ensure_fits, plan_from_options
 
         if fmt not in FORMATS:
             raise UsageError(f"export {fmt!r}: unknown format", f"use one of {', '.join(FORMATS)}")

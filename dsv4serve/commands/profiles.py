@@ -62,18 +62,6 @@ def list_command(json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> No
     console().print(table)
 
 
-def announce_shadowing(name: str, profile_dirs) -> None:
-    """One line on stderr when a profile name picks a file that hides others of that name (a
-    ./profiles/flash.yaml over the built-in flash): plan and up never use a stand-in silently."""
-    from dsv4serve.profiles import shadowed
-    from dsv4serve.render import note
-
-    winner, hidden = shadowed(name, profile_dirs)
-    if hidden:
-        others = ", ".join(str(p) for p in hidden)
-        note(f"profile {name}: using {winner}, which shadows {others} (see `dsv4serve profiles list`)")
-
-
 def show_command(name: ProfileArg, json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> None:
     """Show a profile after `extends` is merged and every field is validated."""
     from dsv4serve.errors import oneline

@@ -1,0 +1,121 @@
+"""From a profile and the user's options to a LaunchSpec: plan, make the weights local, fix the argv,
+environment, log file and readiness deadline of one vLLM server (or one node's part of it)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dsv4serve.options import DEFAULT_HOST, DEFAULT_PORT
+
+# The vLLM entry point, run by the interpreter that runs dsv4serve (the CPU build, through the dist-info
+# shim scripts/install.sh adds, and the GPU bundle both provide it).
+VLLM_MAIN = ("-m", "vllm.entrypoints.cli.main", "serve")
+
+
+def log_path(profile: str) -> Path:
+    """A fresh log file under the user cache dir: $XDG_CACHE_HOME/dsv4serve/logs/PROFILE-TIME.log."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(base) / "dsv4serve" / "logs" / f"{profile}-{stamp}-{os.getpid()}.log"
+
+
+def arg_value(args: Sequence[str], flag: str) -> str | None:
+    """The value vLLM will use for FLAG: its last occurrence (args after `--` come last and win)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.partition("=")[2]
+    return value
+
+
+def prepare_launch(
+    profile_name: str,
+    *,
+    profile_dirs: Sequence[str] = (),
+    gpus: str | None = None,
+    hardware: str | None = None,
+    cuda_graphs: bool | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    max_model_len: int | None = None,
+    timeout: float | None = None,
+    extra_args: Sequence[str] = (),
+    dry_run: bool = False,
+    allow_download: bool = True,
+    progress: bool = True,
+    as_json: bool = False,
+    warmup: str | None = None,
+    node_options=None,
+):
+    """Plan (the planner's argv), make the weights local, and build the LaunchSpec: (plan, spec|None).
+    node_options (nodes.options.NodeOptions): the spec is that node's (a worker's: headless)."""
+    from dsv4serve.jit_cache import ensure_dirs
+    from dsv4serve.launch import LaunchSpec, startup_timeout
+    from dsv4serve.planning.options import ensure_fits, plan_from_options
+    from dsv4serve.planning.render import render_plan
+    from dsv4serve.redact import register as register_secrets
+    from dsv4serve.redact import secret_values
+    from dsv4serve.vllm_version import installed_vllm_version, require_vllm
+    from dsv4serve.weights import fetch_weights
+
+    if hardware and not dry_run:
+        from dsv4serve.errors import UsageError
+
+        raise UsageError(
+            f"--hardware {hardware} only plans: nothing can start on GPUs that are declared, not present",
+            "add --dry-run to see the command, or use `dsv4serve plan`",
+        )
+    options = dict(
+        profile_dirs=profile_dirs,
+        gpus=gpus,
+        hardware=hardware,
+        cuda_graphs=cuda_graphs,
+        max_model_len=max_model_len,
+        host=host,
+        port=port,
+        extra_args=tuple(extra_args),
+        warmup=warmup,
+        node_options=node_options,
+    )
+    profile, plan = plan_from_options(profile_name, **options)
+    if dry_run:
+        render_plan(plan, as_json)
+        ensure_fits(plan)
+        return plan, None
+    require_vllm(profile.serve.min_vllm_version, installed_vllm_version(), profile.name)  # before downloads
+    ensure_fits(plan)
+    path = fetch_weights(profile, allow_download=allow_download, progress=progress)
+    if str(path) != plan.model:  # plan again with the local directory vLLM will load
+        profile, plan = plan_from_options(profile_name, model_location=str(path), **options)
+        ensure_fits(plan)
+    ensure_dirs(plan.env)  # the JIT caches outlive the run: later starts load instead of compiling
+    env = dict(plan.env)
+    env.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local: vLLM must not reach for the hub
+    before = ()
+    if plan.device == "cuda":
+        before = tuple((g.uuid or str(g.index), g.memory_used) for g in plan.gpus)
+    register_secrets(secret_values(plan.env, plan.args))  # masked in the log lines shown and in errors
+    spec = LaunchSpec(
+        argv=(sys.executable, *VLLM_MAIN, *plan.args),
+        # where vLLM listens: the plan's (an --host/--port after `--` was folded into it)
+        host=arg_value(plan.args, "--host") or host,
+        port=int(arg_value(plan.args, "--port") or port),
+        served_model_name=arg_value(plan.args, "--served-model-name") or profile.name,
+        startup_timeout_s=startup_timeout(
+            profile.serve.startup_timeout_s, profile.model.weights_bytes, timeout
+        ),
+        env=env,
+        log_path=log_path(profile.name),
+        gpu_memory_before=before,
+    )
+    if len(plan.nodes) > 1 and node_options is not None:  # this node's own command (nodes/supervise.py)
+        from dsv4serve.nodes.supervise import node_spec
+
+        spec = node_spec(spec, plan, node_options.node_rank, VLLM_MAIN)
+    return plan, spec
