@@ -166,6 +166,7 @@ class Server:
         the world is ready); return seconds since start."""
         assert self.proc is not None
         deadline = self._t0 + self.spec.startup_timeout_s
+        extension = launch_ready.StartExtension()  # under systemd: its start timeout waits as we do
         healthy = False
         while True:
             code = self.proc.poll()
@@ -173,6 +174,7 @@ class Server:
                 self._drain_join(5.0)
                 raise self._early_exit_error(code)
             now = time.monotonic()
+            extension.update(now, self._progress_at)
             if launch_ready.past_deadline(now, deadline, self._progress_at):
                 raise LaunchError(
                     f"vLLM did not become ready within {self.spec.startup_timeout_s:.0f} s "

@@ -1,7 +1,9 @@
 """systemd's readiness protocol: one datagram, READY=1, to $NOTIFY_SOCKET (sd_notify(3)).
 
 `up` sends it once the server is ready, so a Type=notify unit (`dsv4serve export systemd`) starts its
-dependents only then. Without $NOTIFY_SOCKET (not under systemd) nothing happens.
+dependents only then. Before that, EXTEND_TIMEOUT_USEC= while vLLM reports progress
+(launch_ready.StartExtension), so the unit's TimeoutStartSec waits as long as `up`'s own deadline does.
+Without $NOTIFY_SOCKET (not under systemd) nothing happens.
 """
 
 from __future__ import annotations

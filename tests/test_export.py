@@ -172,6 +172,63 @@ def test_sizes_follow_the_plan(run_cli, fixed_env):
     assert math.ceil(need) + 1 <= int(server["healthcheck"]["start_period"].rstrip("s"))
 
 
+# After `up` gives up it still stops vLLM before it exits 5: 3 s grace, 5 s for the group, 5 s for the
+# output drain (launch.Server.stop), and a probe on the way.
+UP_STOP_S = 20
+
+
+def _start_race(timeout_start_s: int, deadline_s: float, pre_s: float, stall_s: float, extend: bool):
+    """A start under systemd, in 0.2 s ticks from the unit's start: vLLM starts after `pre_s`, reports
+    progress every 5 s from 10 s until `stall_s`, never answers. `up`'s real deadline rule and its real
+    StartExtension; systemd's timer as sd_notify(3) and systemd's service.c define it (TimeoutStartSec,
+    then each EXTEND_TIMEOUT_USEC received in time moves it to at least its arrival + the value).
+    Returns (when `up` gave up, when systemd's start timeout fires), in seconds from the unit's start."""
+    from dsv4serve import launch_ready
+
+    fires_at, now = float(timeout_start_s), 0.0
+
+    def manager(message: str) -> None:
+        nonlocal fires_at
+        key, _, usec = message.partition("=")
+        assert key == "EXTEND_TIMEOUT_USEC" and usec.isdigit(), message
+        if now < fires_at:
+            fires_at = max(fires_at, now + int(usec) / 1e6)
+
+    extension = launch_ready.StartExtension(manager if extend else lambda message: None)
+    progress_at = float("-inf")
+    for tick in range(10**6):
+        since = tick / 5  # seconds since vLLM started (up's clock)
+        now = pre_s + since
+        if 10 <= since <= stall_s and tick % 25 == 0:
+            progress_at = since
+        extension.update(since, progress_at)
+        if launch_ready.past_deadline(since, deadline_s, progress_at) or now >= fires_at:
+            return now, fires_at
+    raise AssertionError("neither gave up")
+
+
+def test_systemd_start_timeout_outlasts_up_while_vllm_reports_progress(run_cli, fixed_env):
+    """TimeoutStartSec and up's EXTEND_TIMEOUT_USEC agree: whatever the progress, up's own exit 5 (its
+    log tail in the journal) ends a start, never systemd's SIGTERM; yet a start that stalls ends."""
+    from dsv4serve.launch_ready import PROGRESS_GRACE_S, startup_timeout
+    from dsv4serve.profiles import load_profile
+
+    flash = load_profile("flash")
+    deadline = startup_timeout(flash.serve.startup_timeout_s, flash.model.weights_bytes)
+    unit = export(run_cli, *CASES["systemd-flash-2xH200"])
+    timeout_start = int(
+        next(line for line in unit.splitlines() if line.startswith("TimeoutStartSec=")).split("=")[1]
+    )
+    for pre in (0, 60):  # planning and the weights check before vLLM starts
+        for stall in (0, deadline / 2, deadline - 60, deadline - 1, deadline + 100, 3 * deadline):
+            gave_up, fires = _start_race(timeout_start, deadline, pre, stall, extend=True)
+            assert gave_up + UP_STOP_S < fires, (pre, stall, gave_up, fires)
+            assert gave_up <= pre + max(deadline, stall + PROGRESS_GRACE_S) + 1  # it does end
+    # Without the extensions, systemd would cut a start that up still waits for (progress near the end).
+    gave_up, fires = _start_race(timeout_start, deadline, 0, deadline - 1, extend=False)
+    assert fires <= gave_up
+
+
 def test_lws_matches_its_published_crd_schema(run_cli, fixed_env):
     """The LeaderWorkerSet against the v1 openAPIV3Schema of kubernetes-sigs/lws's CRD (060ab4d, kept
     gzipped in tests/data): its own fields (size, restartPolicy), not only the pod templates."""

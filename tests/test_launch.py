@@ -166,6 +166,49 @@ def test_the_deadline_waits_while_vllm_reports_progress(monkeypatch):
     assert 4.5 <= waited < 20
 
 
+def test_under_systemd_the_wait_past_the_deadline_is_announced(monkeypatch, tmp_path):
+    """While it waits on progress, up sends EXTEND_TIMEOUT_USEC to $NOTIFY_SOCKET (a real datagram
+    socket, as systemd listens), early and often enough that systemd's start timer, moved as systemd
+    moves it (never earlier; only by a message that arrives before it fires), outlasts up's wait."""
+    monkeypatch.setattr(launch_ready, "PROGRESS_GRACE_S", 1.5)
+    monkeypatch.setattr(launch_ready, "EXTEND_MARGIN_S", 3.0)
+    monkeypatch.setattr(launch_ready, "EXTEND_EVERY_S", 0.3)
+    path = str(tmp_path / "notify")
+    received: list[tuple[float, str]] = []
+    done = threading.Event()
+
+    def manager(sock: socket.socket) -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                received.append((time.monotonic(), sock.recv(4096).decode()))
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(0.1)
+        listener = threading.Thread(target=manager, args=(sock,), daemon=True)
+        listener.start()
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        server = Server(spec(WARMS_UP, timeout=1.0, grace=1.0))
+        server.start()
+        try:
+            with pytest.raises(LaunchError, match="did not become ready within 1 s"):
+                server.wait_ready()
+            gave_up = time.monotonic()
+        finally:
+            server.stop()
+            done.set()
+            listener.join(5)
+    assert_all_gone(server.pgid, server.tmpdir)
+    assert {m for _, m in received} == {f"EXTEND_TIMEOUT_USEC={int((1.5 + 3.0) * 1e6)}"}, received
+    assert len(received) >= 3  # ~3.5 s of progress, at most one message per 0.3 s
+    fires = server._t0 + 1.0 + 0.5  # a unit's TimeoutStartSec: the deadline + a margin, scaled down
+    assert gave_up > fires  # up waited past it on progress: without the messages systemd would cut in
+    for at, message in received:
+        if at < fires:
+            fires = max(fires, at + int(message.partition("=")[2]) / 1e6)
+    assert gave_up < fires
+
+
 def test_watchdog_stops_the_group_when_its_parent_is_sigkilled(tmp_path):
     # A parent that launches the group and then dies by SIGKILL: no chance to clean up itself.
     parent = (

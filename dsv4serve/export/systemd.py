@@ -88,6 +88,14 @@ def render_unit(
         # Usage, no fit and missing weights (exit 2, 3, 4) do not mend by restarting.
         "RestartPreventExitStatus=2 3 4",
         "KillMode=control-group",
+        # The deadline `up` starts from: its own readiness deadline plus START_MARGIN_S, so a start with
+        # no progress near the end is ended by `up`'s exit 5 (its log tail in the journal), not SIGTERM.
+        # A start still reporting progress runs past it: `up` waits PROGRESS_GRACE_S after the last
+        # progress, and sends EXTEND_TIMEOUT_USEC=extension_s() (> that grace) at or after each report;
+        # systemd holds its timer at >= each message + that value while the messages keep coming (the
+        # first lands before TimeoutStartSec, as systemd requires), so it always outlasts `up`'s verdict.
+        f"# TimeoutStartSec: up's readiness deadline + {START_MARGIN_S} s; up extends it while vLLM"
+        " reports progress (EXTEND_TIMEOUT_USEC)",
         f"TimeoutStartSec={dep.startup_timeout_s + START_MARGIN_S}",
         f"TimeoutStopSec={STOP_TIMEOUT_S}",
         "LimitNOFILE=65536",
