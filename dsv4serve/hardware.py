@@ -96,6 +96,9 @@ GPU_CATALOG: tuple[GpuModel, ...] = (
 _COUNT_RE = re.compile(r"^\s*([0-9]+)\s*[xX]\s*(?:([0-9]+)\s*[xX]\s*)?(\S+)\s*$")
 _CUSTOM_RE = re.compile(r"^([0-9]{1,5}(?:\.[0-9]{1,3})?)(GiB|GB)@([0-9]{1,2})\.([0-9]{1,2})$", re.IGNORECASE)
 _INDEX_RE = re.compile(r"^[0-9]{1,5}$")
+# A --gpus entry that is no index: a GPU UUID (GPU-8-4-4-4-12 hex digits) or a prefix of one.
+_UUID_RE = re.compile(r"^(?:gpu-)?[0-9a-f][0-9a-f-]{0,35}$", re.IGNORECASE | re.ASCII)
+_GPUS_HINT = "write a count (--gpus 2), GPU indices (--gpus 0,1) or GPU UUIDs (see `dsv4serve gpus`)"
 # More GPUs than any one server uses (8 nodes x 8 today); the planner's work grows with the count.
 MAX_GPUS = 1024
 MAX_GPU_GIB = 4096  # a custom GPU's memory: 1 GiB to 4 TiB
@@ -312,11 +315,32 @@ class Selection:
     notes: tuple[str, ...] = ()
 
 
+def parse_gpus(spec: str | None) -> int | tuple[str, ...] | None:
+    """--gpus as written: None (all), a count, or a list of indices and UUID (prefixes). Syntax only,
+    so that a malformed value is a usage error (exit 2) before NVML is asked (exit 3 without it)."""
+    if spec is None or not spec.strip():
+        return None
+    spec = spec.strip()
+    if _INDEX_RE.match(spec):
+        if int(spec) < 1:
+            raise UsageError(f"--gpus {spec}: a server needs at least one GPU", "for GPU 0 write --gpus 0,")
+        return int(spec)
+    entries = [t.strip() for t in spec.removesuffix(",").split(",")]  # "0,": GPU 0 ("0" is a count)
+    if not any(entries):
+        raise UsageError(f"--gpus {_shown(spec)} names no GPU", _GPUS_HINT)
+    for entry in entries:
+        if not (_INDEX_RE.match(entry) or _UUID_RE.match(entry)):
+            what = f"{_shown(entry, 40)} is" if entry else "an empty entry is"
+            raise UsageError(f"--gpus {_shown(spec)}: {what} not a GPU index or UUID", _GPUS_HINT)
+    return tuple(entries)
+
+
 def select_gpus(inventory: Inventory, spec: str | None) -> Selection:
     """--gpus N: the N GPUs of one model with the most free memory; --gpus 0,1 or UUIDs: those;
     no --gpus: every visible GPU of the most common model (ties: the larger GPU)."""
     gpus = inventory.gpus
-    if spec is None or not spec.strip():
+    parsed = parse_gpus(spec)
+    if parsed is None:
         if not gpus:
             return Selection(())
         counts = Counter(g.name for g in gpus)
@@ -331,14 +355,11 @@ def select_gpus(inventory: Inventory, spec: str | None) -> Selection:
                 " (one server uses one GPU model; choose with --gpus)",
             )
         return Selection(chosen, notes)
-    spec = spec.strip()
-    if _INDEX_RE.match(spec):
-        return _select_count(gpus, int(spec))
-    tokens = [t.strip() for t in spec.split(",") if t.strip()]
-    if not tokens:
-        raise UsageError(f"--gpus {_shown(spec)} names no GPU", "write a count (--gpus 2) or a list (0,1)")
+    if isinstance(parsed, int):
+        return _select_count(gpus, parsed)
+    spec = (spec or "").strip()
     chosen_list: list[Gpu] = []
-    for token in tokens:
+    for token in parsed:
         gpu = _match_gpu(gpus, token)
         if gpu is None:
             shown = ", ".join(f"{g.index} ({g.uuid or g.name})" for g in gpus[:16]) or "none"
@@ -359,10 +380,6 @@ def select_gpus(inventory: Inventory, spec: str | None) -> Selection:
 
 
 def _select_count(gpus: tuple[Gpu, ...], count: int) -> Selection:
-    if count < 1:
-        raise UsageError(
-            "--gpus 0: a server needs at least one GPU", "for GPU index 0 write --gpus 0, (a list)"
-        )
     if count > len(gpus):
         raise HardwareError(
             f"--gpus {count}: only {len(gpus)} GPU(s) visible ({_describe_models(gpus) or 'none'})",

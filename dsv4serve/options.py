@@ -13,9 +13,23 @@ ProfileDirOpt = Annotated[
     Optional[list[str]],  # noqa: UP045 - typer needs Optional here
     typer.Option("--profile-dir", help="Extra directory searched first for profiles (repeatable)."),
 ]
+
+
+def _check_gpus(value: Optional[str]) -> Optional[str]:  # noqa: UP045 - typer reads this annotation
+    """--gpus syntax, at parse time: a malformed value is a usage error before any GPU is read."""
+    from dsv4serve.hardware import parse_gpus
+
+    parse_gpus(value)
+    return value
+
+
 GpusOpt = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option("--gpus", help="N (the N visible GPUs with most free memory) or a list: 0,1 or GPU UUIDs."),
+    typer.Option(
+        "--gpus",
+        callback=_check_gpus,
+        help="N (the N visible GPUs with most free memory) or a list: 0,1 or GPU UUIDs.",
+    ),
 ]
 HardwareOpt = Annotated[
     Optional[str],  # noqa: UP045

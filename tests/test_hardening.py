@@ -118,8 +118,8 @@ def test_a_bad_directory_on_the_search_path_does_not_stop_plan(run_cli, tmp_path
         (("--hardware", "2x0GiB@9.0"), "GPU memory must be 1 to"),
         (("--hardware", "2x48GiB@" + "9" * 5000 + ".0"), "unknown GPU"),
         (("--hardware", "٢xH200"), "expected COUNTxGPU"),
-        (("--hardware", "2xH200", "--gpus", "²"), "no visible GPU"),
-        (("--hardware", "2xH200", "--gpus", "1" * 5000), "no visible GPU"),
+        (("--hardware", "2xH200", "--gpus", "²"), "is not a GPU index or UUID"),
+        (("--hardware", "2xH200", "--gpus", "1" * 5000), "is not a GPU index or UUID"),
     ],
 )
 def test_bad_hardware_and_gpus_are_usage_errors(run_cli, args, words):

@@ -12,6 +12,7 @@ from dsv4serve.hardware import (
     GiB,
     Inventory,
     MiB,
+    parse_gpus,
     parse_hardware,
     read_inventory,
     select_gpus,
@@ -154,3 +155,66 @@ def test_no_nvml_here_gives_the_clear_message():
         read_inventory()
     assert "NVML" in err.value.message and "--hardware 2xH200" in err.value.hint and "tiny" in err.value.hint
     assert err.value.exit_code == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("²", "'²'"),  # int() reads a superscript two as 2
+        ("０", "'０'"),  # a fullwidth zero, also a digit to int()
+        ("1,,2", "empty entry"),
+        ("-1", "'-1'"),
+        ("0x1", "'0x1'"),
+        (",", "names no GPU"),
+        ("0", "at least one GPU"),
+        ("1" * 5000, "is not a GPU index"),
+    ],
+)
+def test_a_malformed_gpus_is_a_usage_error_before_any_gpu_is_read(dsv4serve_cmd, value, named):
+    """The real CLI on this machine (no NVML here: a value read past the syntax would be exit 3)."""
+    import subprocess
+
+    proc = subprocess.run(
+        [*dsv4serve_cmd, "plan", "flash", "--gpus", value], capture_output=True, text=True, timeout=60
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 2 and lines[0].startswith("error: --gpus ") and named in lines[0], lines
+    assert lines[1].startswith("hint: ") and "--gpus 0," in lines[1], lines
+
+
+def test_every_command_with_gpus_checks_it_first(run_cli):
+    for command in (
+        ("plan", "flash"),
+        ("up", "flash", "--dry-run"),
+        ("smoke", "flash"),
+        ("export", "systemd", "flash"),
+    ):
+        result = run_cli(*command, "--gpus", "²")
+        assert result.exit_code == 2 and result.stderr.startswith("error: --gpus '²'"), (
+            command,
+            result.stderr,
+        )
+    # ...and a well-formed value goes on to the GPUs: exit 3 on a machine without NVML.
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        assert run_cli("plan", "flash", "--gpus", "1,").exit_code == 3
+    else:
+        pynvml.nvmlShutdown()
+
+
+@pytest.mark.parametrize(
+    ("spec", "parsed"),
+    [
+        (None, None),
+        (" ", None),
+        ("2", 2),
+        ("1,", ("1",)),
+        ("2, 0", ("2", "0")),
+        ("GPU-1aB2-9", ("GPU-1aB2-9",)),
+    ],
+)
+def test_parse_gpus_reads_counts_and_lists(spec, parsed):
+    assert parse_gpus(spec) == parsed
