@@ -121,8 +121,47 @@ async def one(client: httpx.AsyncClient, base: str, i: int) -> tuple[float, floa
     return first or 0.0, time.perf_counter() - t0, ok, float(own) / 1000 if own else None
 
 
+def client_procs() -> int:
+    """Load-generating processes: one Python event loop relaying 100 fast streams is itself the
+    bottleneck (it sends request bodies late and reads chunks late), so on a machine with cores to
+    spare the streams are spread over several. BENCH_CLIENT_PROCS overrides."""
+    given = os.environ.get("BENCH_CLIENT_PROCS")
+    return int(given) if given else max(1, min(8, len(os.sched_getaffinity(0)) // 2))
+
+
+def _batch_part(base: str, n: int, concurrency: int, offset: int) -> tuple[list[tuple], int, list[str]]:
+    FAILURES.clear()  # a forked copy of the parent's: return only this part's
+    results, errors, _ = asyncio.run(_batch(base, n, concurrency, offset))
+    return results, errors, FAILURES
+
+
 async def batch(base: str, n: int, concurrency: int) -> tuple[list[tuple], int, float]:
-    """n requests, `concurrency` in flight at once: results, errors (exceptions included), wall time."""
+    """n requests, `concurrency` in flight at once, over client_procs() processes: results, errors
+    (exceptions included), wall time."""
+    procs = min(client_procs(), concurrency)
+    if procs == 1:
+        return await _batch(base, n, concurrency)
+    import multiprocessing
+
+    parts = [
+        (
+            base,
+            n * (i + 1) // procs - n * i // procs,
+            concurrency * (i + 1) // procs - concurrency * i // procs,
+        )
+        for i in range(procs)
+    ]
+    args = [(b, k, c, sum(p[1] for p in parts[:i])) for i, (b, k, c) in enumerate(parts)]
+    t0 = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(procs) as pool:
+        outs = await asyncio.get_running_loop().run_in_executor(None, pool.starmap, _batch_part, args)
+    wall = time.perf_counter() - t0
+    for _, _, failures in outs:
+        FAILURES.extend(failures)
+    return [r for out in outs for r in out[0]], sum(out[1] for out in outs), wall
+
+
+async def _batch(base: str, n: int, concurrency: int, offset: int = 0) -> tuple[list[tuple], int, float]:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=concurrency)
     sem = asyncio.Semaphore(concurrency)
     errors = 0
@@ -139,7 +178,7 @@ async def batch(base: str, n: int, concurrency: int) -> tuple[list[tuple], int, 
 
     async with httpx.AsyncClient(timeout=300, limits=limits, trust_env=False) as client:
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(guarded(client, i) for i in range(n)))
+        results = await asyncio.gather(*(guarded(client, offset + i) for i in range(n)))
         wall = time.perf_counter() - t0
     errors += sum(1 for r in results if not r[2])
     return results, errors, wall
@@ -210,7 +249,8 @@ def worker_counts() -> list[int]:
 def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
     procs: list[subprocess.Popen] = []
-    print(f"{len(os.sched_getaffinity(0))} cores available; router workers compared: {worker_counts()}")
+    cores = len(os.sched_getaffinity(0))
+    print(f"{cores} cores; router workers compared: {worker_counts()}; client processes: {client_procs()}")
     try:
         upstream = os.environ.get("BENCH_ROUTER_UPSTREAM")
         if not upstream:

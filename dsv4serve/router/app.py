@@ -83,9 +83,13 @@ def _error(status: int, message: str, kind: str, decision: Decision | None = Non
 
 async def proxy(router: Router, request: Any, endpoint: str, path: str):
     """Decide, then send the request to the chosen upstream and relay its answer chunk by chunk."""
+    raw = await request.body()
+    # The router's own time starts with the whole request in hand: how long the client took to upload
+    # its body (OpenAI's SDK sends headers and body in separate writes; a busy client sends the body
+    # late) is the client's time, and a direct call to vLLM waits for it just the same.
     t0 = time.perf_counter()
     try:
-        body = json.loads(await request.body())
+        body = json.loads(raw)
     except ValueError:
         body = None
     if not isinstance(body, dict):

@@ -37,13 +37,13 @@ class Metrics:
             ["upstream", "kind"],
             registry=self.registry,
         )
-        # What the router itself adds before the upstream sees the request (classifier excluded):
-        # reading and parsing the body, the decision, rewriting the model name. Buckets at most 1.5x apart
-        # from 0.1 ms to 1 s, so interpolated p50/p99 are within ~25% both near the goal (2 and 10 ms) and
-        # when a loaded event loop queues requests for tens of ms.
+        # What the router itself adds before the upstream sees the request (classifier excluded), from
+        # the complete request body: parsing it, the decision, rewriting the model name. Buckets at most
+        # 1.5x apart from 0.1 ms to 1 s, so interpolated p50/p99 are within ~25% both near the goal (2 and
+        # 10 ms) and when a loaded event loop delays requests for tens of ms.
         self.proxy_seconds = Histogram(
             "dsv4serve_route_proxy_overhead_seconds",
-            "Router time before the upstream request is sent, the classifier call excluded.",
+            "Router time from the complete request to the upstream call, the classifier call excluded.",
             buckets=OVERHEAD_BUCKETS,
             registry=self.registry,
         )
