@@ -15,11 +15,19 @@ ProfileDirOpt = Annotated[
 ]
 
 
-def _check_gpus(value: Optional[str]) -> Optional[str]:  # noqa: UP045 - typer reads this annotation
-    """--gpus syntax, at parse time: a malformed value is a usage error before any GPU is read."""
+def check_gpus(param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:  # noqa: UP045
+    """--gpus syntax, at parse time: a malformed value is a usage error before any GPU is read. Other
+    options of the same syntax (route's --flash-gpus) are named as the user wrote them."""
+    from dsv4serve.errors import UsageError
     from dsv4serve.hardware import parse_gpus
 
-    parse_gpus(value)
+    try:
+        parse_gpus(value)
+    except UsageError as err:
+        flag = param.opts[0] if param.opts else "--gpus"
+        if flag == "--gpus":
+            raise
+        raise UsageError(err.message.replace("--gpus", flag), err.hint.replace("--gpus", flag)) from None
     return value
 
 
@@ -27,7 +35,7 @@ GpusOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(
         "--gpus",
-        callback=_check_gpus,
+        callback=check_gpus,
         help="N (the N visible GPUs with most free memory) or a list: 0,1 or GPU UUIDs.",
     ),
 ]

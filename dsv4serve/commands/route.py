@@ -7,7 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from dsv4serve.options import DEFAULT_HOST, DEFAULT_PORT, HostOpt, JsonOpt, PortOpt
+from dsv4serve.options import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    HardwareOpt,
+    HostOpt,
+    JsonOpt,
+    PortOpt,
+    ProfileDirOpt,
+    check_gpus,
+)
 
 UrlOpt = Optional[str]  # noqa: UP045 - typer needs Optional here
 RouterProfileArg = Annotated[
@@ -24,10 +33,20 @@ def register(app: typer.Typer) -> None:
     def route_command(
         router_profile: RouterProfileArg = "default",
         flash: Annotated[
-            UrlOpt, typer.Option("--flash", metavar="URL", help="Flash's URL, e.g. http://127.0.0.1:8001.")
+            UrlOpt,
+            typer.Option(
+                "--flash",
+                metavar="URL|PROFILE",
+                help="Flash's URL (http://127.0.0.1:8001), or a model profile the router starts itself.",
+            ),
         ] = None,
         pro: Annotated[
-            UrlOpt, typer.Option("--pro", metavar="URL", help="Pro's URL, e.g. http://127.0.0.1:8002.")
+            UrlOpt,
+            typer.Option(
+                "--pro",
+                metavar="URL|PROFILE",
+                help="Pro's URL (http://127.0.0.1:8002), or a model profile the router starts itself.",
+            ),
         ] = None,
         flash_model: Annotated[
             UrlOpt,
@@ -71,32 +90,149 @@ def register(app: typer.Typer) -> None:
                 help="Router processes sharing the port (default: one per core but one, at most 4).",
             ),
         ] = None,
+        flash_port: Annotated[
+            Optional[int],  # noqa: UP045
+            typer.Option(
+                "--flash-port", min=1, max=65535, help="A started Flash's port (default: --port+1)."
+            ),
+        ] = None,
+        pro_port: Annotated[
+            Optional[int],  # noqa: UP045
+            typer.Option("--pro-port", min=1, max=65535, help="A started Pro's port (default: --port+2)."),
+        ] = None,
+        flash_gpus: Annotated[
+            UrlOpt,
+            typer.Option(
+                "--flash-gpus",
+                callback=check_gpus,
+                help="A started Flash's GPUs: N or 0,1 (default: the fewest its profile allows).",
+            ),
+        ] = None,
+        pro_gpus: Annotated[
+            UrlOpt,
+            typer.Option(
+                "--pro-gpus", callback=check_gpus, help="A started Pro's GPUs (default: all Flash left)."
+            ),
+        ] = None,
+        profile_dir: ProfileDirOpt = None,
+        hardware: HardwareOpt = None,
+        dry_run: Annotated[
+            bool,
+            typer.Option("--dry-run", help="Plan the servers the router would start; start nothing."),
+        ] = False,
         as_json: JsonOpt = False,
     ) -> None:
-        """Serve an OpenAI-compatible router: Flash classifies each request, complex ones go to Pro."""
+        """Serve an OpenAI-compatible router: Flash classifies each request, complex ones go to Pro.
+
+        --flash and --pro take a running server's URL, or a model profile: then the router plans both
+        before anything starts, starts them on 127.0.0.1 with GPUs of their own, and stops them with
+        itself."""
         from dsv4serve.errors import UsageError
+        from dsv4serve.router.pair import Member, is_url
         from dsv4serve.router.profile import load_router_profile
         from dsv4serve.router.server import require_stack
         from dsv4serve.router.upstreams import make_upstream
 
         require_stack()
         if not flash:
-            raise UsageError("--flash URL is required: Flash classifies every request", _PAIR_HINT)
+            raise UsageError("--flash is required: Flash classifies every request", _PAIR_HINT)
         if explain is None and not pro:
-            raise UsageError("--pro URL is required to serve", _PAIR_HINT)
+            raise UsageError("--pro is required to serve", _PAIR_HINT)
         profile = load_router_profile(router_profile)
-        up_flash = make_upstream("flash", flash, flash_model, flash_key_file)
-        up_pro = make_upstream("pro", pro, pro_model, pro_key_file) if pro else None
         if explain is not None:
+            if not is_url(flash) or (pro and not is_url(pro)):
+                raise UsageError("--explain asks running servers: give --flash (and --pro) as URLs")
+            up_flash = make_upstream("flash", flash, flash_model, flash_key_file)
+            up_pro = make_upstream("pro", pro, pro_model, pro_key_file) if pro else None
             _explain(profile, up_flash, up_pro, explain, tools, as_json)
             return
-        _serve(profile, up_flash, up_pro, host, port, (flash_key_file, pro_key_file), workers, as_json)
+        ports = {"flash": flash_port or port + 1, "pro": pro_port or port + 2}
+        gpus = {"flash": flash_gpus, "pro": pro_gpus}
+        given = {"flash": flash, "pro": pro}
+        members = [Member(n, given[n], ports[n], gpus[n]) for n in ("flash", "pro") if not is_url(given[n])]
+        if (hardware or dry_run) and not members:
+            raise UsageError("--dry-run and --hardware plan servers the router starts: give a profile")
+        if hardware and not dry_run:
+            raise UsageError("--hardware only plans: add --dry-run", "GPUs that are declared cannot serve")
+        started = _start_members(members, profile_dir or (), hardware, dry_run, as_json)
+        if started is None:  # --dry-run
+            return
+        keys = {"flash": flash_key_file, "pro": pro_key_file}
+        names = {"flash": flash_model, "pro": pro_model}
+        upstreams = {
+            n: make_upstream(n, given[n], names[n], keys[n]) if is_url(given[n]) else started.upstream(n)
+            for n in ("flash", "pro")
+        }
+        serve = lambda: _serve(  # noqa: E731
+            profile,
+            upstreams["flash"],
+            upstreams["pro"],
+            host,
+            port,
+            (flash_key_file, pro_key_file),
+            workers,
+            as_json,
+        )
+        if not members:
+            serve()
+            return
+        from dsv4serve.router.pair import serve_with
+
+        serve_with(started, serve)
 
 
 _PAIR_HINT = (
-    "start the pair first: dsv4serve up flash --port 8001; dsv4serve up pro --port 8002; "
-    "then dsv4serve route --flash http://127.0.0.1:8001 --pro http://127.0.0.1:8002"
+    "start both with the router: dsv4serve route --flash flash --pro pro; "
+    "or point it at running servers: --flash http://127.0.0.1:8001 --pro http://127.0.0.1:8002"
 )
+
+
+def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, as_json: bool):
+    """Plan the members (all before any starts), then fetch weights and start them; wait until both
+    answer. None for --dry-run (the plans printed). A Ctrl-C before ready: exit 128+signal."""
+    import dataclasses
+    import sys
+
+    from dsv4serve import procs
+    from dsv4serve.planning.render import render_plan
+    from dsv4serve.router.pair import Pair, member_notify, plan_members
+    from dsv4serve.serving.prepare import log_path, prepare_launch
+
+    def show(m, plan) -> None:
+        if not as_json:
+            print(f"--- {m.name}: {m.profile} on 127.0.0.1:{m.port}", flush=True)
+        render_plan(plan, as_json)
+
+    planned = plan_members(members, profile_dirs, hardware, show if dry_run else None)
+    if dry_run:
+        return None
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    specs = []
+    for m, _, plan in planned:
+        gpus = ",".join(str(g.index) for g in plan.gpus) or None  # exactly the GPUs it was planned on
+        _, spec = prepare_launch(m.profile, profile_dirs=profile_dirs, gpus=gpus, port=m.port)
+        spec = dataclasses.replace(spec, log_path=log_path(f"{m.name}-{spec.served_model_name}"))
+        on = f" GPUs {gpus}" if gpus else ""
+        say(f"{m.name}: {m.profile} on {spec.host}:{spec.port}{on}, log {spec.log_path}")
+        specs.append((m.name, spec))
+    pair = Pair(specs, member_notify(say))
+    with procs.stop_on_signals():
+        try:
+            pair.start()
+            pair.wait_ready()
+        except (KeyboardInterrupt, procs.Stopped) as stop:
+            import signal
+
+            pair.stop()
+            signum = stop.signum if isinstance(stop, procs.Stopped) else signal.SIGINT
+            raise typer.Exit(128 + signum) from None
+        except BaseException:
+            pair.stop()
+            raise
+    return pair
 
 
 def _explain(profile, flash, pro, prompt: str, tools: bool, as_json: bool) -> None:

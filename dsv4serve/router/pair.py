@@ -1,0 +1,233 @@
+"""`route --flash PROFILE --pro PROFILE`: plan both servers before anything starts, start them on GPUs of
+their own, and keep them for as long as the router serves.
+
+The servers are launch.Server process groups, as `up` runs them (the same preflight, logs, stop and
+orphan guard); the router only chooses their GPUs and ports and watches them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from dsv4serve.errors import DsvError, HardwareError, LaunchError
+
+NAMES = ("flash", "pro")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One upstream the router starts: its profile and where it listens."""
+
+    name: str  # flash | pro
+    profile: str  # a profile name or YAML path
+    port: int
+    gpus: str | None = None  # --flash-gpus / --pro-gpus as given
+
+
+def is_url(value: str) -> bool:
+    return "://" in value
+
+
+def default_gpus(profile, inventory_gpus: Sequence, taken: set[int]) -> str | None:
+    """The GPUs a member gets when none are named: Flash the fewest its profile's rules allow (so Pro
+    keeps the rest), Pro every GPU Flash did not take. None on the CPU path."""
+    free = [g for g in inventory_gpus if g.index not in taken]
+    if not inventory_gpus:
+        return None
+    if not free:
+        return ""
+    if not taken and profile.hardware:
+        fewest = (
+            min(rule.gpus for rule in profile.hardware if rule.nodes == 1)
+            if any(rule.nodes == 1 for rule in profile.hardware)
+            else len(free)
+        )
+        return str(min(fewest, len(free)))
+    return ",".join(str(g.index) for g in free)
+
+
+def plan_members(
+    members: Sequence[Member],
+    profile_dirs: Sequence[str],
+    hardware: str | None,
+    show: Callable[[Member, object], None] | None = None,
+):
+    """Plan every member on the GPUs it will get, before anything is downloaded or started: [(member,
+    profile, plan)]. A member that does not fit, or GPUs shared without room for both, stop it here;
+    show(member, plan) sees each plan first (--dry-run prints it)."""
+    from dsv4serve.planning.options import plan_from_options, resolve_inventory
+    from dsv4serve.profiles import load_profile
+
+    planned, taken = [], set()
+    for m in members:
+        try:
+            gpus = m.gpus
+            if gpus is None:
+                profile = load_profile(m.profile, profile_dirs=tuple(profile_dirs))
+                inventory, _ = resolve_inventory(profile, hardware)
+                gpus = default_gpus(profile, inventory.gpus, taken)
+            if gpus == "":
+                raise HardwareError(
+                    f"no GPU is left: {_others(planned)} takes every visible GPU",
+                    f"run {m.name} elsewhere and pass its URL (--{m.name} http://HOST:PORT), "
+                    f"or split them yourself with --flash-gpus and --pro-gpus",
+                )
+            profile, plan = plan_from_options(
+                m.profile, profile_dirs=profile_dirs, gpus=gpus, hardware=hardware, port=m.port
+            )
+        except DsvError as err:  # the same error and exit code, saying which member it is about
+            err.message = f"{m.name} ({m.profile}): {err.message}"
+            raise
+        if show is not None:
+            show(m, plan)
+        if not plan.fits:
+            raise _does_not_fit(m, plan)
+        planned.append((m, profile, plan))
+        taken |= {g.index for g in plan.gpus}
+    _check_shared(planned)
+    return planned
+
+
+def _does_not_fit(m: Member, plan) -> HardwareError:
+    more = len(plan.problems) - 1
+    also = f"; {more} more problem{'s' if more > 1 else ''}: see the plan with --dry-run" if more > 0 else ""
+    where = f" (it would fit on {plan.suggestions[0]})" if plan.suggestions else ""
+    return HardwareError(
+        f"{m.name} ({m.profile}): {plan.verdict}{also}",
+        f"run {m.name} on GPUs of its own{where} and pass its URL (--{m.name} http://HOST:PORT), "
+        "or choose the GPUs with --flash-gpus and --pro-gpus",
+    )
+
+
+def _others(planned) -> str:
+    return " and ".join(f"{m.name} ({len(plan.gpus)} GPUs)" for m, _, plan in planned) or "nothing"
+
+
+def _check_shared(planned) -> None:
+    """Two servers on one GPU (only when both were named with --*-gpus): their memory shares must fit."""
+    if len(planned) < 2:
+        return
+    (a, _, pa), (b, _, pb) = planned
+    shared = {g.index for g in pa.gpus} & {g.index for g in pb.gpus}
+    total = pa.gpu_memory_utilization + pb.gpu_memory_utilization
+    if shared and total > 1.0:
+        raise HardwareError(
+            f"flash and pro share GPU {', '.join(map(str, sorted(shared)))} and each plans to take "
+            f"{pa.gpu_memory_utilization:.0%} / {pb.gpu_memory_utilization:.0%} of its memory",
+            "give them separate GPUs (--flash-gpus, --pro-gpus), or lower one profile's "
+            "serve.gpu_memory_utilization",
+        )
+
+
+class Pair:
+    """The started members: start(), wait_ready(), a watcher for the serving time, stop()."""
+
+    def __init__(self, specs: Sequence[tuple[str, object]], notify: Callable[[str, object], None]):
+        from dsv4serve.launch import Server
+
+        self.servers = {name: Server(spec, lambda event, n=name: notify(n, event)) for name, spec in specs}
+        self.died: tuple[str, int] | None = None  # (member, exit code) when one exited while serving
+
+    def upstream(self, name: str):
+        """The router's view of a started member: its local URL and served model name."""
+        from dsv4serve.router.upstreams import Upstream
+
+        server = self.servers[name]
+        return Upstream(name, server.base_url, server.spec.served_model_name)
+
+    def start(self) -> None:
+        for server in self.servers.values():
+            server.start()  # from this (the main) thread: PR_SET_PDEATHSIG follows the starting thread
+
+    def wait_ready(self) -> None:
+        """Both ready; else the first failure, the member named, both stopped (a Ctrl-C too)."""
+        pool = concurrent.futures.ThreadPoolExecutor(len(self.servers))
+        try:
+            futures = {pool.submit(s.wait_ready): name for name, s in self.servers.items()}
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    future.result()
+                except LaunchError as err:
+                    raise LaunchError(f"{futures[future]}: {err.message}", err.hint) from None
+        except BaseException:
+            self.stop()  # the other member's wait ends as its process does
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+    def watch(self, on_death: Callable[[], None], poll_s: float = 0.5) -> threading.Event:
+        """A thread that calls on_death() once a member exits by itself; set the event to end it."""
+        done = threading.Event()
+
+        def run() -> None:
+            while not done.wait(poll_s):
+                for name, server in self.servers.items():
+                    code = server.proc.poll() if server.proc is not None else None
+                    if code is not None:
+                        self.died = (name, code)
+                        on_death()
+                        return
+
+        threading.Thread(target=run, name="dsv4serve-pair-watch", daemon=True).start()
+        return done
+
+    def stop(self) -> None:
+        """Stop both at once (each waits its own grace period)."""
+        threads = [threading.Thread(target=s.stop) for s in self.servers.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def member_notify(say: Callable[[str], None], progress_every_s: float = 10.0):
+    """Launch events of both members as prefixed lines ("flash: loading weights (12 s)"); vLLM's own
+    lines stay in each member's log file, progress is shown at most every progress_every_s."""
+    from dsv4serve.redact import mask_text
+
+    last_progress: dict[str, float] = {}
+
+    def notify(name: str, event) -> None:
+        text = mask_text(event.text)
+        if event.kind == "progress":
+            if event.elapsed_s - last_progress.get(name, -progress_every_s) < progress_every_s:
+                return
+            last_progress[name] = event.elapsed_s
+        if event.kind in ("phase", "progress") and text != "ready":
+            say(f"{name}: {text} ({event.elapsed_s:.0f} s)")
+        elif event.kind == "started":
+            say(f"{name}: {text}")
+        elif event.kind == "ready":
+            say(f"{name}: ready at {text} in {event.elapsed_s:.1f} s")
+        elif event.kind in ("stopping", "stopped", "warning"):
+            say(f"{name}: {'warning: ' if event.kind == 'warning' else ''}{text}")
+
+    return notify
+
+
+def serve_with(pair: Pair, serve: Callable[[], None]) -> None:
+    """Run the router (serve() returns on SIGINT/SIGTERM) while both members run; stop them after.
+
+    A member that exits while the router serves stops the router too (SIGTERM to this process, which
+    uvicorn turns into a graceful stop): a router without its Flash answers nothing, and a silently
+    missing Pro would send every request to Flash. Raises LaunchError naming the member and its log."""
+    import os
+    import signal
+
+    done = pair.watch(lambda: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        serve()
+    finally:
+        done.set()
+        pair.stop()
+    if pair.died is not None:
+        name, code = pair.died
+        server = pair.servers[name]
+        log = f"; its log: {server.spec.log_path}" if server.spec.log_path else ""
+        raise LaunchError(
+            f"{name} (vLLM) exited with code {code} while the router served; the router stopped",
+            f"see why in its last lines{log}",
+        )
