@@ -66,7 +66,7 @@ def test_a_shared_gpu_needs_room_for_both(tmp_path, run_cli):
     assert ok.exit_code == 0, ok.stderr  # 0.3 + 0.3 of one GPU
     both = run_cli("route", "--flash", "tiny-v4", "--pro", str(big), *args)
     assert both.exit_code == 3
-    assert "flash and pro share GPU 0 and each plans to take 30% / 80% of its memory" in both.stderr
+    assert "flash and pro share GPU 0 and plan to take 30% + 80% of its memory; 100% is free" in both.stderr
 
 
 def test_the_tiny_pair_plans_on_the_cpu_with_ports_after_the_routers(run_cli):

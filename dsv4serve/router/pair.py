@@ -107,19 +107,23 @@ def _others(planned) -> str:
 
 
 def _check_shared(planned) -> None:
-    """Two servers on one GPU (only when both were named with --*-gpus): their memory shares must fit."""
+    """Two servers on one GPU (only when both were named with --*-gpus): vLLM takes its share of CUDA's
+    total memory at start and refuses to start when less is free, so both shares must fit in what is
+    free now."""
     if len(planned) < 2:
         return
-    (a, _, pa), (b, _, pb) = planned
-    shared = {g.index for g in pa.gpus} & {g.index for g in pb.gpus}
-    total = pa.gpu_memory_utilization + pb.gpu_memory_utilization
-    if shared and total > 1.0:
-        raise HardwareError(
-            f"flash and pro share GPU {', '.join(map(str, sorted(shared)))} and each plans to take "
-            f"{pa.gpu_memory_utilization:.0%} / {pb.gpu_memory_utilization:.0%} of its memory",
-            "give them separate GPUs (--flash-gpus, --pro-gpus), or lower one profile's "
-            "serve.gpu_memory_utilization",
-        )
+    (_, _, pa), (_, _, pb) = planned
+    share = pa.gpu_memory_utilization + pb.gpu_memory_utilization
+    b_gpus = {g.index for g in pb.gpus}
+    for g in pa.gpus:
+        if g.index in b_gpus and share * g.memory_usable > g.memory_free:
+            free = g.memory_free / g.memory_usable
+            raise HardwareError(
+                f"flash and pro share GPU {g.index} and plan to take {pa.gpu_memory_utilization:.0%} + "
+                f"{pb.gpu_memory_utilization:.0%} of its memory; {free:.0%} is free",
+                "give them separate GPUs (--flash-gpus, --pro-gpus), or lower one profile's "
+                "serve.gpu_memory_utilization",
+            )
 
 
 class Pair:
