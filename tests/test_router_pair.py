@@ -21,7 +21,8 @@ def gpus(n: int) -> tuple[Gpu, ...]:
 def test_flash_takes_the_fewest_gpus_its_profile_allows_and_pro_the_rest():
     flash, pro = load_profile("flash"), load_profile("pro")
     assert default_gpus(flash, gpus(8), set()) == "2"  # flash's smallest rule: 2x H200
-    assert default_gpus(pro, gpus(8), {0, 1}) == "2,3,4,5,6,7"
+    assert default_gpus(pro, gpus(8), {0, 1}) == "2,3,4,5,6,7,"
+    assert default_gpus(pro, gpus(2), {0}) == "1,"  # GPU 1, not "1" (a count: any one GPU)
     assert default_gpus(flash, gpus(1), set()) == "1"  # fewer than its rules want: the planner says no
     assert default_gpus(pro, gpus(2), {0, 1}) == ""  # nothing left
     assert default_gpus(load_profile("tiny"), (), set()) is None  # the CPU path
@@ -40,6 +41,13 @@ def test_both_planned_on_their_own_gpus_before_anything_starts():
     assert [g.index for g in pro.gpus] == [1, 2]  # of the 3 left, as its largest rule (TP 2) uses
     assert "--port" in flash.args and flash.args[flash.args.index("--port") + 1] == "8001"
     assert pro.args[pro.args.index("--port") + 1] == "8002"
+
+
+def test_one_gpu_each_when_two_are_visible():
+    members = [Member("flash", "tiny-v4", 8001), Member("pro", "tiny-v4", 8002)]
+    (_, _, flash), (_, _, pro) = plan_members(members, (), "2xH200")
+    assert ([g.index for g in flash.gpus], [g.index for g in pro.gpus]) == ([0], [1])
+    assert pro.env and dict(pro.env)["CUDA_VISIBLE_DEVICES"] == "1"
 
 
 def test_the_real_pair_does_not_fit_one_8_gpu_h200_node_and_says_what_to_do(run_cli):

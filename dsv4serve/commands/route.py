@@ -195,7 +195,7 @@ def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, a
 
     from dsv4serve import procs
     from dsv4serve.planning.render import render_plan
-    from dsv4serve.router.pair import Pair, member_notify, plan_members
+    from dsv4serve.router.pair import Pair, gpu_list, member_notify, plan_members
     from dsv4serve.serving.prepare import log_path, prepare_launch
 
     def show(m, plan) -> None:
@@ -212,7 +212,7 @@ def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, a
 
     specs = []
     for m, _, plan in planned:
-        gpus = ",".join(str(g.index) for g in plan.gpus) or None  # exactly the GPUs it was planned on
+        gpus = gpu_list(plan.gpus) or None  # exactly the GPUs it was planned on
         _, spec = prepare_launch(m.profile, profile_dirs=profile_dirs, gpus=gpus, port=m.port)
         spec = dataclasses.replace(spec, log_path=log_path(f"{m.name}-{spec.served_model_name}"))
         on = f" GPUs {gpus}" if gpus else ""

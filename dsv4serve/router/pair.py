@@ -46,7 +46,12 @@ def default_gpus(profile, inventory_gpus: Sequence, taken: set[int]) -> str | No
             else len(free)
         )
         return str(min(fewest, len(free)))
-    return ",".join(str(g.index) for g in free)
+    return gpu_list(free)
+
+
+def gpu_list(gpus) -> str:
+    """GPUs as a --gpus list: "1," is GPU 1 (a bare "1" would be a count: any one GPU)."""
+    return "".join(f"{g.index}," for g in gpus)
 
 
 def plan_members(
