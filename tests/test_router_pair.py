@@ -108,3 +108,12 @@ def test_gpu_options_of_route_are_named_as_written(run_cli):
         "error: --pro-gpus 0: a server needs at least one GPU",
         "hint: for GPU 0 write --pro-gpus 0,",
     ]
+
+
+def test_members_on_one_gpu_start_one_after_the_other():
+    from dsv4serve.router.pair import share_a_gpu
+
+    members = [Member("flash", "tiny-v4", 8001, "0,"), Member("pro", "tiny-v4", 8002, "0,")]
+    assert share_a_gpu(plan_members(members, (), "2xH200"))
+    apart = [Member("flash", "tiny-v4", 8001), Member("pro", "tiny-v4", 8002)]
+    assert not share_a_gpu(plan_members(apart, (), "2xH200"))

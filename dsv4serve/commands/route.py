@@ -195,7 +195,7 @@ def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, a
 
     from dsv4serve import procs
     from dsv4serve.planning.render import render_plan
-    from dsv4serve.router.pair import Pair, gpu_list, member_notify, plan_members
+    from dsv4serve.router.pair import Pair, gpu_list, member_notify, plan_members, share_a_gpu
     from dsv4serve.serving.prepare import log_path, prepare_launch
 
     def show(m, plan) -> None:
@@ -221,8 +221,7 @@ def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, a
     pair = Pair(specs, member_notify(say))
     with procs.stop_on_signals():
         try:
-            pair.start()
-            pair.wait_ready()
+            pair.start(one_by_one=share_a_gpu(planned))
         except (KeyboardInterrupt, procs.Stopped) as stop:
             import signal
 

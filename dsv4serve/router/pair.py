@@ -96,6 +96,12 @@ def plan_members(
     return planned
 
 
+def share_a_gpu(planned) -> bool:
+    """Whether the planned members use a GPU in common (then they start one after the other)."""
+    used = [{g.index for g in plan.gpus} for _, _, plan in planned]
+    return len(used) == 2 and bool(used[0] & used[1])
+
+
 def _does_not_fit(m: Member, plan) -> HardwareError:
     more = len(plan.problems) - 1
     also = f"; {more} more problem{'s' if more > 1 else ''}: see the plan with --dry-run" if more > 0 else ""
@@ -147,24 +153,37 @@ class Pair:
         server = self.servers[name]
         return Upstream(name, server.base_url, server.spec.served_model_name)
 
-    def start(self) -> None:
-        for server in self.servers.values():
-            server.start()  # from this (the main) thread: PR_SET_PDEATHSIG follows the starting thread
-
-    def wait_ready(self) -> None:
-        """Both ready; else the first failure, the member named, both stopped (a Ctrl-C too)."""
-        pool = concurrent.futures.ThreadPoolExecutor(len(self.servers))
+    def start(self, one_by_one: bool = False) -> None:
+        """Start both and wait until both answer; else the first failure, the member named, both
+        stopped (a Ctrl-C too). one_by_one: the second starts once the first is ready, for members on
+        one GPU: vLLM sizes its KV cache from the memory that grew while it profiled, so another server
+        loading on the same GPU at that time is counted as its own use (seen on an H200: two tiny
+        servers started together at 0.3 each, one got "Available KV cache memory: -0.77 GiB")."""
         try:
-            futures = {pool.submit(s.wait_ready): name for name, s in self.servers.items()}
+            if one_by_one:
+                for name in self.servers:
+                    self._start([name])
+            else:
+                self._start(list(self.servers))
+        except BaseException:
+            self.stop()  # the other member's wait ends as its process does
+            raise
+
+    def _start(self, names: list[str]) -> None:
+        for name in names:
+            self.servers[name].start()  # in this (the main) thread: PR_SET_PDEATHSIG follows it
+        pool = concurrent.futures.ThreadPoolExecutor(len(names))
+        futures: dict = {}
+        try:
+            futures = {pool.submit(self.servers[n].wait_ready): n for n in names}
             for future in concurrent.futures.as_completed(futures):
                 try:
                     future.result()
                 except LaunchError as err:
                     raise LaunchError(f"{futures[future]}: {err.message}", err.hint) from None
-        except BaseException:
-            self.stop()  # the other member's wait ends as its process does
-            raise
         finally:
+            if any(not f.done() for f in futures):
+                self.stop()  # a failure or a signal: end the other wait by ending its process
             pool.shutdown(wait=True)
 
     def watch(self, on_death: Callable[[], None], poll_s: float = 0.5) -> threading.Event:
