@@ -270,9 +270,9 @@ def test_explain_prints_the_decision_without_serving(pair):
 
 def test_explain_needs_flash_and_serving_needs_both():
     result = run_route("--explain", "hi")
-    assert result.returncode == 2 and "--flash URL is required" in result.stderr
+    assert result.returncode == 2 and "--flash is required" in result.stderr
     result = run_route("--flash", "http://127.0.0.1:1")
-    assert result.returncode == 2 and "--pro URL is required" in result.stderr
+    assert result.returncode == 2 and "--pro is required" in result.stderr
     down = run_route("--flash", closed_port_url(), "--explain", "hi")
     assert down.returncode == 5 and "does not answer /v1/models" in down.stderr
 

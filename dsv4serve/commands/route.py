@@ -154,9 +154,11 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--dry-run and --hardware plan servers the router starts: give a profile")
         if hardware and not dry_run:
             raise UsageError("--hardware only plans: add --dry-run", "GPUs that are declared cannot serve")
-        started = _start_members(members, profile_dir or (), hardware, dry_run, as_json)
-        if started is None:  # --dry-run
-            return
+        started = None
+        if members:
+            started = _start_members(members, profile_dir or (), hardware, dry_run, as_json)
+            if started is None:  # --dry-run
+                return
         keys = {"flash": flash_key_file, "pro": pro_key_file}
         names = {"flash": flash_model, "pro": pro_model}
         upstreams = {
@@ -192,6 +194,7 @@ def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, a
     answer. None for --dry-run (the plans printed). A Ctrl-C before ready: exit 128+signal."""
     import dataclasses
     import sys
+    import threading
 
     from dsv4serve import procs
     from dsv4serve.planning.render import render_plan
@@ -207,8 +210,12 @@ def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, a
     if dry_run:
         return None
 
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+    lock = threading.Lock()
+
+    def say(text: str) -> None:  # from both members' threads: one write per line, one at a time
+        with lock:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
 
     specs = []
     for m, _, plan in planned:
