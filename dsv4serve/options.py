@@ -68,5 +68,28 @@ WarmupOpt = Annotated[
     ),
 ]
 
+# `up` and `smoke`: detaching, naming a detached server, output, the API key
+DetachOpt = Annotated[
+    bool,
+    typer.Option(
+        "--detach", "-d", help="Return once the server is ready; it runs on (see `ps`, `logs`, `stop`)."
+    ),
+]
+NameOpt = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--name", help="The detached server's name for ps/logs/stop (default: the profile's)."),
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Stream vLLM's output too (default: phases only; all in the log)."),
+]
+ApiKeyFileOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--api-key-file",
+        help="File whose first line is the API key clients must send (else $DSV4SERVE_API_KEY).",
+    ),
+]
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from dsv4serve.commands.service import ApiKeyFileOpt, DetachOpt, NameOpt, VerboseOpt
 from dsv4serve.nodes.options import (
     DEFAULT_MASTER_PORT,
     ExecutorOpt,
@@ -22,15 +21,19 @@ from dsv4serve.nodes.options import (
 from dsv4serve.options import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    ApiKeyFileOpt,
     CudaGraphsOpt,
+    DetachOpt,
     GpusOpt,
     HardwareOpt,
     HostOpt,
     JsonOpt,
     MaxModelLenOpt,
+    NameOpt,
     PortOpt,
     ProfileArg,
     ProfileDirOpt,
+    VerboseOpt,
     WarmupOpt,
 )
 
@@ -138,7 +141,7 @@ def register(app: typer.Typer) -> None:
             return
         spec = keys.with_key(spec, api_key)
         if detach:
-            from dsv4serve.commands.service import up_detached
+            from dsv4serve.service.up import up_detached
 
             up_detached(spec, plan, name, as_json)
             return

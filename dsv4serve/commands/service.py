@@ -1,4 +1,4 @@
-"""Running as a service: `up -d`'s options and its ready report, `ps`, `logs`, `stop`."""
+"""Running as a service: `ps`, `logs`, `stop` (`up -d` is in serve.py, its report in service/up.py)."""
 
 from __future__ import annotations
 
@@ -10,63 +10,10 @@ import typer
 
 from dsv4serve.options import JsonOpt
 
-DetachOpt = Annotated[
-    bool,
-    typer.Option(
-        "--detach", "-d", help="Return once the server is ready; it runs on (see `ps`, `logs`, `stop`)."
-    ),
-]
-NameOpt = Annotated[
-    Optional[str],  # noqa: UP045 - typer needs Optional here
-    typer.Option("--name", help="The detached server's name for ps/logs/stop (default: the profile's)."),
-]
-VerboseOpt = Annotated[
-    bool,
-    typer.Option("--verbose", "-v", help="Stream vLLM's output too (default: phases only; all in the log)."),
-]
-ApiKeyFileOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(
-        "--api-key-file",
-        help="File whose first line is the API key clients must send (else $DSV4SERVE_API_KEY).",
-    ),
-]
-
 
 def say(text: str) -> None:
     sys.stderr.write(f"dsv4serve: {text}\n")
     sys.stderr.flush()
-
-
-def up_detached(spec, plan, name: str | None, as_json: bool) -> None:
-    """Start the supervisor, wait until ready, report (text or one JSON document)."""
-    from dsv4serve.render import console, print_json
-    from dsv4serve.service import detach
-    from dsv4serve.service.console import PhaseDisplay
-
-    name = name or plan.profile
-    detach.claim(name)
-    record = detach.start(spec, plan, name, PhaseDisplay(sys.stderr))
-    if as_json:
-        print_json(
-            {
-                "event": "ready",
-                "name": name,
-                "profile": plan.profile,
-                "endpoint": record.endpoint,
-                "model": record.model,
-                "ready_s": record.ready_s,
-                "supervisor_pid": record.supervisor_pid,
-                "pid": record.pgid,
-                "log": record.log,
-            }
-        )
-        return
-    out = console()
-    out.print(
-        f"{name} ready in {record.ready_s:.1f} s: {record.endpoint}  (model: {record.model})", markup=False
-    )
-    out.print(f"log: {record.log}   `dsv4serve stop {name}` stops it", markup=False)
 
 
 def _age(seconds: float | None) -> str:
