@@ -1,11 +1,11 @@
-"""GPU inventory: NVML (the only importer of pynvml), the GPU catalog for --hardware, GPU selection."""
+"""GPU inventory: NVML (the only importer of pynvml), the GPU catalog for --hardware, CUDA_VISIBLE_DEVICES
+(--gpus selection is in gpu_select.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
-from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -95,10 +95,7 @@ GPU_CATALOG: tuple[GpuModel, ...] = (
 # COUNTxGPU, or NODESxCOUNTxGPU (COUNT GPUs in each node).
 _COUNT_RE = re.compile(r"^\s*([0-9]+)\s*[xX]\s*(?:([0-9]+)\s*[xX]\s*)?(\S+)\s*$")
 _CUSTOM_RE = re.compile(r"^([0-9]{1,5}(?:\.[0-9]{1,3})?)(GiB|GB)@([0-9]{1,2})\.([0-9]{1,2})$", re.IGNORECASE)
-_INDEX_RE = re.compile(r"^[0-9]{1,5}$")
-# A --gpus entry that is no index: a GPU UUID (GPU-8-4-4-4-12 hex digits) or a prefix of one.
-_UUID_RE = re.compile(r"^(?:gpu-)?[0-9a-f][0-9a-f-]{0,35}$", re.IGNORECASE | re.ASCII)
-_GPUS_HINT = "write a count (--gpus 2), GPU indices (--gpus 0,1) or GPU UUIDs (see `dsv4serve gpus`)"
+INDEX_RE = re.compile(r"^[0-9]{1,5}$")
 # More GPUs than any one server uses (8 nodes x 8 today); the planner's work grows with the count.
 MAX_GPUS = 1024
 MAX_GPU_GIB = 4096  # a custom GPU's memory: 1 GiB to 4 TiB
@@ -125,7 +122,7 @@ def parse_hardware(spec: str) -> Inventory:
     if spec.strip().lower() == "cpu":
         return Inventory(gpus=(), source="declared")
     known = ", ".join(catalog_names())
-    shown = _shown(spec)
+    shown = quoted(spec)
     match = _COUNT_RE.match(spec)
     if not match:
         raise UsageError(
@@ -147,7 +144,7 @@ def parse_hardware(spec: str) -> Inventory:
         custom = _CUSTOM_RE.match(name)
         if not custom:
             raise UsageError(
-                f"--hardware {shown}: unknown GPU {_shown(name, 40)}",
+                f"--hardware {shown}: unknown GPU {quoted(name, 40)}",
                 f"known GPUs: {known}; or a custom one: {count}x48GiB@8.9 (memory, compute capability)",
             )
         size, unit, major, minor = custom.groups()
@@ -186,7 +183,7 @@ def _count(text: str) -> int:
     return int(text) if len(text) <= 5 else MAX_GPUS + 1
 
 
-def _shown(text: str, limit: int = 60) -> str:
+def quoted(text: str, limit: int = 60) -> str:
     """User text in a one-line message: quoted, control characters escaped, cut when long."""
     return repr(text) if len(text) <= limit else repr(text[: limit - 3]) + "..."
 
@@ -287,115 +284,19 @@ def visible_gpus(gpus: tuple[Gpu, ...], cuda_visible: str | None) -> tuple[Gpu, 
                 f"CUDA_VISIBLE_DEVICES names a MIG instance ({entry}); dsv4serve plans whole GPUs only",
                 "set CUDA_VISIBLE_DEVICES to GPU indices or GPU-... UUIDs",
             )
-        gpu = _match_gpu(gpus, entry)
+        gpu = match_gpu(gpus, entry)
         if gpu is None or gpu in chosen:
             break
         chosen.append(gpu)
     return tuple(chosen)
 
 
-def _match_gpu(gpus: tuple[Gpu, ...], token: str) -> Gpu | None:
+def match_gpu(gpus: tuple[Gpu, ...], token: str) -> Gpu | None:
+    """The GPU an index or a unique UUID (prefix) names, as CUDA_VISIBLE_DEVICES and --gpus read it."""
     if not token:
         return None
-    if _INDEX_RE.match(token):
+    if INDEX_RE.match(token):
         return next((g for g in gpus if g.index == int(token)), None)
     want = token.lower().removeprefix("gpu-")
     hits = [g for g in gpus if g.uuid and g.uuid.lower().removeprefix("gpu-").startswith(want)]
     return hits[0] if len(hits) == 1 else None
-
-
-def _describe_models(gpus: tuple[Gpu, ...]) -> str:
-    counts = Counter(g.name for g in gpus)
-    return ", ".join(f"{n}x {name}" for name, n in counts.items())
-
-
-@dataclass(frozen=True)
-class Selection:
-    gpus: tuple[Gpu, ...]
-    notes: tuple[str, ...] = ()
-
-
-def parse_gpus(spec: str | None) -> int | tuple[str, ...] | None:
-    """--gpus as written: None (all), a count, or a list of indices and UUID (prefixes). Syntax only,
-    so that a malformed value is a usage error (exit 2) before NVML is asked (exit 3 without it)."""
-    if spec is None or not spec.strip():
-        return None
-    spec = spec.strip()
-    if _INDEX_RE.match(spec):
-        if int(spec) < 1:
-            raise UsageError(f"--gpus {spec}: a server needs at least one GPU", "for GPU 0 write --gpus 0,")
-        return int(spec)
-    entries = [t.strip() for t in spec.removesuffix(",").split(",")]  # "0,": GPU 0 ("0" is a count)
-    if not any(entries):
-        raise UsageError(f"--gpus {_shown(spec)} names no GPU", _GPUS_HINT)
-    for entry in entries:
-        if not (_INDEX_RE.match(entry) or _UUID_RE.match(entry)):
-            what = f"{_shown(entry, 40)} is" if entry else "an empty entry is"
-            raise UsageError(f"--gpus {_shown(spec)}: {what} not a GPU index or UUID", _GPUS_HINT)
-    return tuple(entries)
-
-
-def select_gpus(inventory: Inventory, spec: str | None) -> Selection:
-    """--gpus N: the N GPUs of one model with the most free memory; --gpus 0,1 or UUIDs: those;
-    no --gpus: every visible GPU of the most common model (ties: the larger GPU)."""
-    gpus = inventory.gpus
-    parsed = parse_gpus(spec)
-    if parsed is None:
-        if not gpus:
-            return Selection(())
-        counts = Counter(g.name for g in gpus)
-        memory = {g.name: g.memory_total for g in gpus}
-        model = max(counts, key=lambda name: (counts[name], memory[name]))
-        chosen = tuple(g for g in gpus if g.name == model)
-        notes = ()
-        if len(chosen) < len(gpus):
-            notes = (
-                f"using the {len(chosen)}x {model}; left out "
-                f"{_describe_models(tuple(g for g in gpus if g not in chosen))}"
-                " (one server uses one GPU model; choose with --gpus)",
-            )
-        return Selection(chosen, notes)
-    if isinstance(parsed, int):
-        return _select_count(gpus, parsed)
-    spec = (spec or "").strip()
-    chosen_list: list[Gpu] = []
-    for token in parsed:
-        gpu = _match_gpu(gpus, token)
-        if gpu is None:
-            shown = ", ".join(f"{g.index} ({g.uuid or g.name})" for g in gpus[:16]) or "none"
-            raise UsageError(
-                f"--gpus {_shown(spec)}: no visible GPU {_shown(token, 40)}", f"visible GPUs: {shown}"
-            )
-        if gpu in chosen_list:
-            raise UsageError(f"--gpus {_shown(spec)}: GPU {_shown(token, 40)} is named twice")
-        chosen_list.append(gpu)
-    chosen = tuple(chosen_list)
-    if len({g.name for g in chosen}) > 1:
-        raise HardwareError(
-            f"--gpus {_shown(spec)} mixes GPU models ({_describe_models(chosen)}); "
-            "one server needs one model",
-            "choose GPUs of one model (see `dsv4serve gpus`)",
-        )
-    return Selection(chosen)
-
-
-def _select_count(gpus: tuple[Gpu, ...], count: int) -> Selection:
-    if count > len(gpus):
-        raise HardwareError(
-            f"--gpus {count}: only {len(gpus)} GPU(s) visible ({_describe_models(gpus) or 'none'})",
-            "use fewer GPUs, or plan for others with --hardware",
-        )
-    best: tuple[Gpu, ...] = ()
-    for model in dict.fromkeys(g.name for g in gpus):
-        group = sorted((g for g in gpus if g.name == model), key=lambda g: (-g.memory_free, g.index))
-        if len(group) >= count:
-            top = tuple(group[:count])
-            if not best or sum(g.memory_free for g in top) > sum(g.memory_free for g in best):
-                best = top
-    if not best:
-        raise HardwareError(
-            f"--gpus {count}: no {count} GPUs of one model ({_describe_models(gpus)}); "
-            "one server needs one model",
-            "use fewer GPUs, or name them: --gpus 0,1",
-        )
-    return Selection(tuple(sorted(best, key=lambda g: g.index)))

@@ -19,7 +19,7 @@ def check_gpus(param: typer.CallbackParam, value: Optional[str]) -> Optional[str
     """--gpus syntax, at parse time: a malformed value is a usage error before any GPU is read. Other
     options of the same syntax (route's --flash-gpus) are named as the user wrote them."""
     from dsv4serve.errors import UsageError
-    from dsv4serve.hardware import parse_gpus
+    from dsv4serve.gpu_select import parse_gpus
 
     try:
         parse_gpus(value)

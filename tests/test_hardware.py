@@ -7,15 +7,14 @@ import dataclasses
 import pytest
 
 from dsv4serve.errors import HardwareError, UsageError
+from dsv4serve.gpu_select import parse_gpus, select_gpus
 from dsv4serve.hardware import (
     GPU_CATALOG,
     GiB,
     Inventory,
     MiB,
-    parse_gpus,
     parse_hardware,
     read_inventory,
-    select_gpus,
     visible_gpus,
 )
 

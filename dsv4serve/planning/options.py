@@ -97,7 +97,7 @@ def plan_from_options(
 ):
     """Load the profile, take stock of the GPUs, select them, and plan: returns (profile, plan).
     node_options (nodes.options.NodeOptions): nodes, strategy, executor, the head's address."""
-    from dsv4serve.hardware import select_gpus
+    from dsv4serve.gpu_select import select_gpus
     from dsv4serve.plan import Overrides, make_plan
     from dsv4serve.profiles import load_profile
     from dsv4serve.vllm_flags import settle_overrides
