@@ -308,3 +308,41 @@ def test_output_file(run_cli, fixed_env, tmp_path):
     result = run_cli("export", *CASES["kubernetes-flash-2xH200"], "-o", str(out))
     assert result.exit_code == 0 and result.stdout == ""
     assert out.read_text() == export(run_cli, *CASES["kubernetes-flash-2xH200"])
+
+
+def _deployment(gpus: str, planned_gpus: str | None = None):
+    """make_deployment over flash planned for 2xH200 with `planned_gpus` (default: the same --gpus)."""
+    from dsv4serve.export.spec import make_deployment
+    from dsv4serve.planning.options import plan_from_options
+
+    profile, plan = plan_from_options("flash", gpus=planned_gpus or gpus, hardware="2xH200")
+    return make_deployment(
+        profile,
+        plan,
+        profile_arg="flash",
+        gpus=gpus,
+        host="127.0.0.1",
+        port=8000,
+        up_options=(),
+        startup_timeout_s=600,
+        source="test",
+    )
+
+
+@pytest.mark.parametrize(
+    ("gpus", "ids"),
+    [("2", ()), ("1,0", ("1", "0")), (" 1, 0,", ("1", "0")), ("1,", ("1",))],
+)
+def test_deployment_reads_gpus_as_up_does(gpus, ids):
+    """A count leaves the GPUs to `up`; a list (even of one, "1,") is the host's GPUs, named as given."""
+    dep = _deployment(gpus)
+    assert dep.gpu_ids == ids
+    assert dep.gpu_count == (len(ids) or int(gpus))
+
+
+def test_deployment_refuses_a_count_in_other_digits():
+    """'²'.isdigit() is True, yet `up --gpus ²` refuses it: an export must not read it as a count."""
+    from dsv4serve.errors import UsageError
+
+    with pytest.raises(UsageError, match="--gpus"):
+        _deployment("²", planned_gpus="2")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dsv4serve.errors import UsageError
+from dsv4serve.gpu_select import parse_gpus
 
 # In a container: HF_HOME and XDG_CACHE_HOME point here, so the hub cache is /cache/huggingface/hub and
 # dsv4serve's JIT caches and logs are /cache/dsv4serve/{jit,logs}: two mounts keep all of it.
@@ -65,9 +66,9 @@ def make_deployment(
             "export: --executor ray needs a Ray cluster started outside dsv4serve",
             "export with --executor mp (the default): every node runs `dsv4serve up`",
         )
-    ids: tuple[str, ...] = ()
-    if gpus and not gpus.isdigit():
-        ids = tuple(part.strip() for part in gpus.split(",") if part.strip())
+    # --gpus's own reading, not str.isdigit(): that takes "²" for a count, and "0," is GPU 0, not 0 GPUs.
+    parsed = parse_gpus(gpus)
+    ids: tuple[str, ...] = parsed if isinstance(parsed, tuple) else ()
     count = len(plan.gpus) if plan.device == "cuda" else 0
     return Deployment(
         profile=profile_arg,
