@@ -132,7 +132,7 @@ def _convert_tuple(value: Any, item: Any, path: str, at: Loc) -> tuple:
     return tuple(_convert(v, item, join(path, i), value.where[i]) for i, v in enumerate(value))
 
 
-def _where(doc: LocatedMap, *keys: str | int) -> Loc:
+def where(doc: LocatedMap, *keys: str | int) -> Loc:
     """Where a field was written, or the nearest enclosing mapping when it was not."""
     node, loc = doc, doc.at
     for key in keys:
@@ -151,7 +151,7 @@ def check(profile: Profile, doc: LocatedMap) -> None:
     def need(ok: bool, keys: tuple[str | int, ...], problem: str, hint: str) -> None:
         if not ok:
             path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
-            raise fail(_where(doc, *keys), path, problem, hint)
+            raise fail(where(doc, *keys), path, problem, hint)
 
     sources = [k for k in ("repo", "path", "generate") if getattr(model, k)]
     cleared = doc["model"].cleared if isinstance(doc.get("model"), LocatedMap) else {}

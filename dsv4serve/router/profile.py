@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsv4serve.errors import ProfileError
-from dsv4serve.profile_schema import _where, build  # the model profiles' own helpers
+from dsv4serve.profile_schema import build, where  # the model profiles' own helpers
 from dsv4serve.profile_yaml import LocatedMap, fail, read_document
 
 ROUTES = ("flash", "pro")
@@ -122,7 +122,7 @@ def _check(profile: RouterProfile, doc: LocatedMap) -> None:
     def need(ok: bool, keys: tuple[str | int, ...], problem: str, hint: str) -> None:
         if not ok:
             path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
-            raise fail(_where(doc, *keys), path, problem, hint)
+            raise fail(where(doc, *keys), path, problem, hint)
 
     c, t = profile.classifier, profile.timeouts
     need(
