@@ -117,3 +117,32 @@ def test_members_on_one_gpu_start_one_after_the_other():
     assert share_a_gpu(plan_members(members, (), "2xH200"))
     apart = [Member("flash", "tiny-v4", 8001), Member("pro", "tiny-v4", 8002)]
     assert not share_a_gpu(plan_members(apart, (), "2xH200"))
+
+
+def _listening() -> tuple[object, int]:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock, sock.getsockname()[1]
+
+
+def test_busy_ports_stop_the_pair_before_any_server_starts(run_cli):
+    sock, port = _listening()
+    with sock:
+        router_busy = run_cli("route", "--flash", "tiny", "--pro", "tiny", "--port", str(port))
+        assert router_busy.exit_code == 5
+        assert f"port {port} on 127.0.0.1 is already in use" in router_busy.stderr
+        flash_busy = run_cli("route", "--flash", "tiny", "--pro", "tiny", "--port", str(port - 1))
+        assert flash_busy.exit_code == 5
+        assert f"error: flash: port {port} on 127.0.0.1 is already in use" in flash_busy.stderr
+        assert f"--flash-port {port + 10}" in flash_busy.stderr
+    for result in (router_busy, flash_busy):
+        assert "vLLM started" not in result.stderr
+
+
+def test_the_router_and_its_servers_need_ports_of_their_own(run_cli):
+    result = run_cli("route", "--flash", "tiny", "--pro", "tiny", "--port", "9000", "--pro-port", "9001")
+    assert result.exit_code == 2
+    assert "need ports of their own, not [9000, 9001, 9001]" in result.stderr

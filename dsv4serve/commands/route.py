@@ -154,6 +154,19 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--dry-run and --hardware plan servers the router starts: give a profile")
         if hardware and not dry_run:
             raise UsageError("--hardware only plans: add --dry-run", "GPUs that are declared cannot serve")
+        used = [port, *(m.port for m in members)]
+        if len(set(used)) < len(used):
+            raise UsageError(
+                f"the router and the servers it starts need ports of their own, not {used}",
+                "set --port, --flash-port and --pro-port apart",
+            )
+        sock = None
+        if not dry_run:  # a busy router port fails here (exit 5), before any server starts
+            from dsv4serve.router.server import bind
+            from dsv4serve.router.workers import default_workers
+
+            workers = workers or default_workers()
+            sock = bind(host, port, reuse_port=workers > 1)
         started = None
         if members:
             started = _start_members(members, profile_dir or (), hardware, dry_run, as_json)
@@ -169,8 +182,8 @@ def register(app: typer.Typer) -> None:
             profile,
             upstreams["flash"],
             upstreams["pro"],
-            host,
-            port,
+            sock,
+            f"http://{host}:{port}",
             (flash_key_file, pro_key_file),
             workers,
             as_json,
@@ -190,16 +203,14 @@ _PAIR_HINT = (
 
 
 def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, as_json: bool):
-    """Plan the members (all before any starts), then fetch weights and start them; wait until both
+    """Plan the members (all before any starts), then start them (router/pair.py) and wait until both
     answer. None for --dry-run (the plans printed). A Ctrl-C before ready: exit 128+signal."""
-    import dataclasses
     import sys
     import threading
 
     from dsv4serve import procs
     from dsv4serve.planning.render import render_plan
-    from dsv4serve.router.pair import Pair, gpu_list, member_notify, plan_members, share_a_gpu
-    from dsv4serve.serving.prepare import log_path, prepare_launch
+    from dsv4serve.router.pair import plan_members, start_members
 
     def show(m, plan) -> None:
         if not as_json:
@@ -209,7 +220,6 @@ def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, a
     planned = plan_members(members, profile_dirs, hardware, show if dry_run else None)
     if dry_run:
         return None
-
     lock = threading.Lock()
 
     def say(text: str) -> None:  # from both members' threads: one write per line, one at a time
@@ -217,28 +227,12 @@ def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, a
             sys.stderr.write(text + "\n")
             sys.stderr.flush()
 
-    specs = []
-    for m, _, plan in planned:
-        gpus = gpu_list(plan.gpus) or None  # exactly the GPUs it was planned on
-        _, spec = prepare_launch(m.profile, profile_dirs=profile_dirs, gpus=gpus, port=m.port)
-        spec = dataclasses.replace(spec, log_path=log_path(f"{m.name}-{spec.served_model_name}"))
-        on = f" GPUs {gpus}" if gpus else ""
-        say(f"{m.name}: {m.profile} on {spec.host}:{spec.port}{on}, log {spec.log_path}")
-        specs.append((m.name, spec))
-    pair = Pair(specs, member_notify(say))
-    with procs.stop_on_signals():
-        try:
-            pair.start(one_by_one=share_a_gpu(planned))
-        except (KeyboardInterrupt, procs.Stopped) as stop:
-            import signal
-
-            pair.stop()
-            signum = stop.signum if isinstance(stop, procs.Stopped) else signal.SIGINT
-            raise typer.Exit(128 + signum) from None
-        except BaseException:
-            pair.stop()
-            raise
-    return pair
+    try:
+        return start_members(planned, profile_dirs, say)
+    except procs.Stopped as stop:
+        raise typer.Exit(128 + stop.signum) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 def _explain(profile, flash, pro, prompt: str, tools: bool, as_json: bool) -> None:
@@ -267,19 +261,14 @@ def _explain(profile, flash, pro, prompt: str, tools: bool, as_json: bool) -> No
         out.print(f"detail: {result.detail}", markup=False)
 
 
-def _serve(profile, flash, pro, host: str, port: int, key_files, workers: int | None, as_json: bool) -> None:
+def _serve(profile, flash, pro, sock, url: str, key_files, workers: int, as_json: bool) -> None:
     import sys
 
     from dsv4serve.render import console, print_json
     from dsv4serve.router.dispatch import ROUTER_MODEL
-    from dsv4serve.router.server import bind, serve
+    from dsv4serve.router.server import serve
     from dsv4serve.router.upstreams import key_source
-    from dsv4serve.router.workers import default_workers
 
-    workers = workers or default_workers()
-    sock = bind(host, port, reuse_port=workers > 1)
-
-    url = f"http://{host}:{port}"
     keys = {"flash": key_source("flash", key_files[0]), "pro": key_source("pro", key_files[1])}
 
     def on_ready(state: dict) -> None:

@@ -8,6 +8,7 @@ orphan guard); the router only chooses their GPUs and ports and watches them.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -209,6 +210,30 @@ class Pair:
             t.start()
         for t in threads:
             t.join()
+
+
+def start_members(planned, profile_dirs: Sequence[str], say: Callable[[str], None]) -> Pair:
+    """Check the members' ports, fetch their weights, start them (one by one on a shared GPU) and
+    wait until both answer; a failure or a stop signal (procs.Stopped) stops both first."""
+    from dsv4serve import procs
+    from dsv4serve.serving.prepare import log_path, prepare_launch
+
+    for m, _, _ in planned:  # before any weights are fetched or any server starts
+        busy = procs.port_in_use("127.0.0.1", m.port)
+        if busy:
+            raise LaunchError(f"{m.name}: {busy}", f"pick another: --{m.name}-port {m.port + 10}")
+    specs = []
+    for m, _, plan in planned:
+        gpus = gpu_list(plan.gpus) or None  # exactly the GPUs it was planned on
+        _, spec = prepare_launch(m.profile, profile_dirs=profile_dirs, gpus=gpus, port=m.port)
+        spec = dataclasses.replace(spec, log_path=log_path(f"{m.name}-{spec.served_model_name}"))
+        on = f" GPUs {gpus}" if gpus else ""
+        say(f"{m.name}: {m.profile} on {spec.host}:{spec.port}{on}, log {spec.log_path}")
+        specs.append((m.name, spec))
+    pair = Pair(specs, member_notify(say))
+    with procs.stop_on_signals():
+        pair.start(one_by_one=share_a_gpu(planned))  # stops both itself on any failure
+    return pair
 
 
 def member_notify(say: Callable[[str], None], progress_every_s: float = 10.0):
