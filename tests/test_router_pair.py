@@ -14,8 +14,8 @@ from dsv4serve.router.pair import Member, default_gpus, is_url, plan_members
 GIB = 1 << 30
 
 
-def gpus(n: int) -> tuple[Gpu, ...]:
-    return tuple(Gpu(i, "NVIDIA H200", "", 141 * GIB, 141 * GIB, 0, "9.0") for i in range(n))
+def gpus(n: int, gib: int = 141, name: str = "NVIDIA H200") -> tuple[Gpu, ...]:
+    return tuple(Gpu(i, name, "", gib * GIB, gib * GIB, 0, "9.0") for i in range(n))
 
 
 def test_flash_takes_the_fewest_gpus_its_profile_allows_and_pro_the_rest():
@@ -26,6 +26,8 @@ def test_flash_takes_the_fewest_gpus_its_profile_allows_and_pro_the_rest():
     assert default_gpus(flash, gpus(1), set()) == "1"  # fewer than its rules want: the planner says no
     assert default_gpus(pro, gpus(2), {0, 1}) == ""  # nothing left
     assert default_gpus(load_profile("tiny"), (), set()) is None  # the CPU path
+    h100 = gpus(8, 80, "NVIDIA H100 80GB HBM3")
+    assert default_gpus(flash, h100, set()) == "4"  # flash's 2-GPU rule wants 135 GiB each
 
 
 def test_urls_and_profiles():

@@ -33,21 +33,23 @@ def is_url(value: str) -> bool:
 
 
 def default_gpus(profile, inventory_gpus: Sequence, taken: set[int]) -> str | None:
-    """The GPUs a member gets when none are named: Flash the fewest its profile's rules allow (so Pro
-    keeps the rest), Pro every GPU Flash did not take. None on the CPU path."""
+    """The GPUs a member gets when none are named: the first (Flash) the fewest its profile's one-node
+    rules allow on GPUs of this size (2 on H200, 4 on H100-80GB for Flash), so Pro keeps the rest; the
+    second every GPU the first did not take. None on the CPU path."""
     free = [g for g in inventory_gpus if g.index not in taken]
     if not inventory_gpus:
         return None
     if not free:
         return ""
-    if not taken and profile.hardware:
-        fewest = (
-            min(rule.gpus for rule in profile.hardware if rule.nodes == 1)
-            if any(rule.nodes == 1 for rule in profile.hardware)
-            else len(free)
-        )
-        return str(min(fewest, len(free)))
-    return gpu_list(free)
+    if taken:
+        return gpu_list(free)
+    smallest = min(g.memory_usable for g in free)
+    counts = [
+        rule.gpus
+        for rule in profile.hardware
+        if rule.nodes == 1 and rule.min_vram_gib * (1 << 30) <= smallest * 1.001  # GiB as rules round them
+    ]
+    return str(min(min(counts), len(free))) if counts else gpu_list(free)
 
 
 def gpu_list(gpus) -> str:
