@@ -92,7 +92,7 @@ def plan_members(
         if show is not None:
             show(m, plan)
         if not plan.fits:
-            raise _does_not_fit(m, plan)
+            raise _does_not_fit(m, plan, shown=show is not None)
         planned.append((m, profile, plan))
         taken |= {g.index for g in plan.gpus}
     _check_shared(planned)
@@ -105,9 +105,10 @@ def share_a_gpu(planned) -> bool:
     return len(used) == 2 and bool(used[0] & used[1])
 
 
-def _does_not_fit(m: Member, plan) -> HardwareError:
+def _does_not_fit(m: Member, plan, shown: bool) -> HardwareError:
     more = len(plan.problems) - 1
-    also = f"; {more} more problem{'s' if more > 1 else ''}: see the plan with --dry-run" if more > 0 else ""
+    place = "above" if shown else "in its plan (--dry-run)"
+    also = f"; {more} more problem{'s' if more > 1 else ''} {place}" if more > 0 else ""
     where = f" (it would fit on {plan.suggestions[0]})" if plan.suggestions else ""
     return HardwareError(
         f"{m.name} ({m.profile}): {plan.verdict}{also}",
