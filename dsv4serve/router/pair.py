@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 from dsv4serve.errors import DsvError, HardwareError, LaunchError
 
-NAMES = ("flash", "pro")
-
 
 @dataclass(frozen=True)
 class Member:
@@ -207,12 +205,16 @@ class Pair:
         return done
 
     def stop(self) -> None:
-        """Stop both at once (each waits its own grace period)."""
+        """Stop both at once (each waits its own grace period), stop signals held meanwhile: a second
+        Ctrl-C must not leave one half-stopped (the threads' own deferral works in the main one only)."""
+        from dsv4serve import procs
+
         threads = [threading.Thread(target=s.stop) for s in self.servers.values()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with procs.signals_deferred():
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
 
 
 def start_members(planned, profile_dirs: Sequence[str], say: Callable[[str], None]) -> Pair:
