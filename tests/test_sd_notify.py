@@ -69,8 +69,16 @@ def test_up_sends_ready_once_it_serves(dsv4serve_cmd, tmp_path):
             [*dsv4serve_cmd, "up", "tiny", "--port", str(port)], stdout=out, stderr=err, env=env
         )
         try:
+            # While vLLM reports progress, up extends the start-up deadline; then READY=1, once.
+            extensions = []
             message = sock.recv(4096).decode()
+            while message.startswith("EXTEND_TIMEOUT_USEC="):
+                extensions.append(int(message.split("=", 1)[1]))
+                message = sock.recv(4096).decode()
             assert message.startswith("READY=1") and f":{port}/v1" in message
+            from dsv4serve.launch_ready import extension_s
+
+            assert set(extensions) <= {int(extension_s() * 1e6)}, extensions  # the grace and a margin
             # sent once the server answers, not before
             opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
             with opener.open(f"http://127.0.0.1:{port}/health", timeout=10) as resp:
