@@ -34,3 +34,19 @@ def test_each_named_command_or_group_runs_on_its_own(run_cli, args):
     result = run_cli(*args)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip()
+
+
+def test_the_root_help_is_the_full_apps_without_reading_options(run_cli, monkeypatch):
+    import typer
+
+    import dsv4serve.cli as cli
+
+    full = typer.main.get_command(app)  # every command with its options, as typer builds it alone
+    with full.make_context("dsv4serve", [], resilient_parsing=True) as ctx:
+        expected = full.get_help(ctx)
+    monkeypatch.setattr(cli, "_built", {})
+    shown = run_cli("--help")
+    assert shown.exit_code == 0
+    assert shown.stdout.strip() == expected.strip()
+    listed = cli._command(None)
+    assert all(not cmd.params for cmd in listed.commands.values() if not hasattr(cmd, "commands"))
