@@ -57,20 +57,30 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
             f"--host {host}: {err.strerror}", "give an IP address or a resolvable name"
         ) from None
     family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind(address)
+        return listening_socket(family, address, reuse_port)
     except OSError as err:
-        sock.close()
         if err.errno == errno.EADDRINUSE:
             raise LaunchError(
                 f"port {port} on {host} is already in use", f"pick another: --port {port + 1}"
             ) from None
         raise LaunchError(f"cannot bind {host}:{port}: {err.strerror}", "check --host and --port") from None
-    sock.listen(2048)  # 100+ clients connect at once under load
+
+
+def listening_socket(family: int, address, reuse_port: bool) -> socket.socket:
+    """A socket listening on address: the first worker's (bind) and each spawned worker's. With
+    SO_REUSEPORT the kernel balances new connections across the group; Linux admits only sockets of the
+    same user to it, so no other user's process can take the router's connections."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(2048)  # 100+ clients connect at once under load: they wait, never refused
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -95,8 +105,9 @@ def serve(
             pool.stop_workers(children)
 
 
-def _watch(children: list[int], total: int, say: Callable[[str], None]):
-    """A task for the first worker's loop: says when another worker dies (the rest keep serving)."""
+def _watch(children: list, total: int, say: Callable[[str], None]):
+    """A task for the first worker's loop: says when another worker (a Popen in children) dies; the
+    rest keep serving."""
     from dsv4serve.router import workers as pool
 
     async def watch() -> None:

@@ -1,10 +1,10 @@
 """Several router processes on one listening socket, with one /metrics for all of them.
 
-One event loop serializes every request's parsing and every relayed chunk: a burst of 100 arrivals at
-~0.4 ms of work each queues the last one ~40 ms. N worker processes each listen on a socket of their own
-bound to the same address (SO_REUSEPORT): the kernel spreads connections over them as they arrive. One
-shared listening socket would not: asyncio accepts up to `backlog` waiting connections per wake-up, so
-the first worker awake takes a whole burst. Counters and histograms live in prometheus_client's
+One event loop does all of a router's CPU work: parsing every request and relaying every chunk of
+every stream. N worker processes spread it over cores, each listening on a socket of its own bound to
+the same address (SO_REUSEPORT): the kernel spreads connections over them as they arrive. One shared
+listening socket would not: asyncio accepts up to `backlog` waiting connections per wake-up, so the
+first worker awake takes a whole burst. Counters and histograms live in prometheus_client's
 multiprocess files, so any worker's /metrics sums all of them.
 """
 
@@ -29,8 +29,8 @@ STOP_GRACE_S = 8.0  # uvicorn's graceful shutdown (5 s) plus a margin
 
 
 def default_workers() -> int:
-    """Workers when --workers is not given: one per core, at most 4 (a core is left to the upstreams
-    and the clients on small machines; more than 4 did not help 100 concurrent streams)."""
+    """Workers when --workers is not given: one per core but one (left to the upstreams and clients),
+    at most 4 (on the 16-core H200 machine, 8 were no better than 4 at 100 concurrent streams)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(4, cores - 1))
 
@@ -90,19 +90,7 @@ def _worker_main() -> None:
     from dsv4serve.router import server
 
     profile, flash, pro, family, address = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - our parent
-    server.run_worker(profile, flash, pro, listen(family, address))
-
-
-def listen(family: int, address) -> socket.socket:
-    """A worker's listening socket on the router's address: the kernel balances new connections across
-    the group (SO_REUSEPORT). Linux admits only sockets of the same user to it, so no other user's
-    process can take the router's connections."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    sock.listen(2048)  # as the first worker's: a burst of 100+ connections waits, never refused
-    return sock
+    server.run_worker(profile, flash, pro, server.listening_socket(family, address, reuse_port=True))
 
 
 def reap(workers: list[subprocess.Popen]) -> list[tuple[int, int]]:
