@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.request
 
-from dsv4serve import procs
+from dsv4serve.serving import procs
 from dsv4serve.serving.prepare import prepare_launch
 
 ROUNDS = 1 if os.environ.get("BENCH_QUICK") == "1" else 3

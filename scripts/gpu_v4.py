@@ -55,7 +55,7 @@ def log(msg: str) -> None:
 
 
 def cache_root() -> Path:
-    from dsv4serve.jit_cache import default_root
+    from dsv4serve.engines.vllm.jit_cache import default_root
 
     return default_root()
 
@@ -323,7 +323,7 @@ def partial(up: Up, entry: dict) -> None:
 
 def released(gpus: list[int], baseline: dict, pgid: int, t0: float, port: int, limit: float = 90) -> dict:
     """Seconds from the stop until vLLM's group is gone and until NVML shows each GPU back at baseline."""
-    from dsv4serve import procs
+    from dsv4serve.serving import procs
 
     res: dict = {"group_gone_s": None, "nvml_released_s": None}
     while time.monotonic() - t0 < limit:
@@ -370,8 +370,8 @@ def cold_record(entry: dict) -> dict:
 
 def bare_round(out: Path, args, name: str) -> dict:
     """`vllm serve` with up's own argv and env (prepare_launch), ready by the same test as up's."""
+    from dsv4serve.engines.vllm.startup_log import OutputReader
     from dsv4serve.serving.prepare import prepare_launch
-    from dsv4serve.startup_log import OutputReader
 
     gpus = None if args.gpus == "cpu" else args.gpus
     _, spec = prepare_launch(args.profile, gpus=gpus, port=args.port, progress=False, warmup=args.warmup)
@@ -404,7 +404,7 @@ def bare_round(out: Path, args, name: str) -> dict:
                 break
             time.sleep(0.2)
     finally:
-        from dsv4serve import procs
+        from dsv4serve.serving import procs
 
         procs.signal_group(proc.pid, signal.SIGTERM)
         if not procs.wait_group_gone(proc.pid, 20):
@@ -419,7 +419,7 @@ def bare_round(out: Path, args, name: str) -> dict:
 
 
 def check_port(port: int) -> None:
-    from dsv4serve import procs
+    from dsv4serve.serving import procs
 
     if busy := procs.port_in_use("127.0.0.1", port):
         raise RuntimeError(f"{busy}: stop what listens there, or pass --port")

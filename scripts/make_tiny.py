@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsv4serve import tiny  # noqa: E402 - after making the source tree importable
+from dsv4serve.weights import tiny  # noqa: E402 - after making the source tree importable
 
 
 def main(argv: list[str] | None = None) -> int:

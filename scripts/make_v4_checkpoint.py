@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsv4serve import v4ckpt  # noqa: E402 - after making the source tree importable
 from dsv4serve.errors import DsvError  # noqa: E402
-from dsv4serve.v4ckpt import layout  # noqa: E402
+from dsv4serve.weights import v4ckpt  # noqa: E402 - after making the source tree importable
+from dsv4serve.weights.v4ckpt import layout  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

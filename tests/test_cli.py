@@ -39,7 +39,7 @@ def test_up_with_declared_hardware_only_plans(run_cli):
 
 
 def test_an_unexpected_error_is_one_line_unless_debugging(run_cli, monkeypatch):
-    import dsv4serve.profiles as profiles
+    import dsv4serve.profiles.load as profiles
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from dsv4serve import doctor
+from dsv4serve.doctor import checks as doctor
 
 
 def _checks(result) -> dict[str, list[dict]]:
@@ -21,8 +21,8 @@ def _checks(result) -> dict[str, list[dict]]:
 
 
 def _has_nvml() -> bool:
-    from dsv4serve import hardware
     from dsv4serve.errors import DsvError
+    from dsv4serve.hardware import inventory as hardware
 
     try:
         return bool(hardware.read_inventory().gpus)
@@ -95,7 +95,7 @@ def test_hf_token_presence_never_its_value(run_cli, monkeypatch, isolated_home):
     [(None, "fail", 5), ("0.19.1", "fail", 2), ("0.20.0", "ok", 0), ("0.26.0", "ok", 0)],
 )
 def test_vllm_version_against_the_profile_minimum(tmp_path, installed, status, code):
-    from dsv4serve.profiles import load_profile
+    from dsv4serve.profiles.load import load_profile
 
     if installed:  # a real dist-info directory, read the way doctor reads the installed one
         info = tmp_path / f"vllm-{installed}.dist-info"
@@ -111,7 +111,7 @@ def test_disk_warns_when_the_weights_do_not_fit(isolated_home, monkeypatch):
     import dataclasses
     import shutil
 
-    from dsv4serve.profiles import load_profile
+    from dsv4serve.profiles.load import load_profile
 
     flash = load_profile("flash")
     free = shutil.disk_usage(isolated_home).free

@@ -148,8 +148,8 @@ def test_systemd_unit_passes_systemd_analyze_verify(run_cli, fixed_env, tmp_path
 
 
 def test_sizes_follow_the_plan(run_cli, fixed_env):
-    from dsv4serve.launch_ready import startup_timeout
-    from dsv4serve.profiles import load_profile
+    from dsv4serve.profiles.load import load_profile
+    from dsv4serve.serving.ready import startup_timeout
 
     flash = load_profile("flash")
     need = startup_timeout(flash.serve.startup_timeout_s, flash.model.weights_bytes)
@@ -183,7 +183,7 @@ def _start_race(timeout_start_s: int, deadline_s: float, pre_s: float, stall_s: 
     StartExtension; systemd's timer as sd_notify(3) and systemd's service.c define it (TimeoutStartSec,
     then each EXTEND_TIMEOUT_USEC received in time moves it to at least its arrival + the value).
     Returns (when `up` gave up, when systemd's start timeout fires), in seconds from the unit's start."""
-    from dsv4serve import launch_ready
+    from dsv4serve.serving import ready as launch_ready
 
     fires_at, now = float(timeout_start_s), 0.0
 
@@ -210,8 +210,8 @@ def _start_race(timeout_start_s: int, deadline_s: float, pre_s: float, stall_s: 
 def test_systemd_start_timeout_outlasts_up_while_vllm_reports_progress(run_cli, fixed_env):
     """TimeoutStartSec and up's EXTEND_TIMEOUT_USEC agree: whatever the progress, up's own exit 5 (its
     log tail in the journal) ends a start, never systemd's SIGTERM; yet a start that stalls ends."""
-    from dsv4serve.launch_ready import PROGRESS_GRACE_S, startup_timeout
-    from dsv4serve.profiles import load_profile
+    from dsv4serve.profiles.load import load_profile
+    from dsv4serve.serving.ready import PROGRESS_GRACE_S, startup_timeout
 
     flash = load_profile("flash")
     deadline = startup_timeout(flash.serve.startup_timeout_s, flash.model.weights_bytes)
@@ -313,7 +313,7 @@ def test_output_file(run_cli, fixed_env, tmp_path):
 def _deployment(gpus: str, planned_gpus: str | None = None):
     """make_deployment over flash planned for 2xH200 with `planned_gpus` (default: the same --gpus)."""
     from dsv4serve.export.spec import make_deployment
-    from dsv4serve.planning.options import plan_from_options
+    from dsv4serve.preflight.options import plan_from_options
 
     profile, plan = plan_from_options("flash", gpus=planned_gpus or gpus, hardware="2xH200")
     return make_deployment(

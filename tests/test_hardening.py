@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dsv4serve.profiles import load_profile
+from dsv4serve.profiles.load import load_profile
 
 EXIT_CODES = {0, 2, 3, 4, 5}  # the README's table (1 is a bug, 128+N a signal: neither for bad input)
 
@@ -411,7 +411,7 @@ def test_secrets_are_masked_everywhere_shown(run_cli, secret_profile, args):
 
 
 def test_vllm_still_gets_the_secret_values(secret_profile):
-    from dsv4serve.planning.options import plan_from_options
+    from dsv4serve.preflight.options import plan_from_options
 
     _, plan = plan_from_options(str(secret_profile), hardware="2xH200")
     assert dict(plan.env)["HF_TOKEN"] == TOKEN and KEY in plan.args
@@ -438,7 +438,8 @@ def test_launch_writes_vllms_log_privately(tmp_path, capsys):
     import sys
 
     from dsv4serve.errors import LaunchError
-    from dsv4serve.launch import LaunchSpec, Server
+    from dsv4serve.serving.launch import Server
+    from dsv4serve.serving.spec import LaunchSpec
 
     logs = tmp_path / "logs"
     logs.mkdir(mode=0o755)

@@ -7,8 +7,7 @@ import dataclasses
 import pytest
 
 from dsv4serve.errors import HardwareError, UsageError
-from dsv4serve.gpu_select import parse_gpus, select_gpus
-from dsv4serve.hardware import (
+from dsv4serve.hardware.inventory import (
     GPU_CATALOG,
     GiB,
     Inventory,
@@ -17,6 +16,7 @@ from dsv4serve.hardware import (
     read_inventory,
     visible_gpus,
 )
+from dsv4serve.hardware.select import parse_gpus, select_gpus
 
 
 @pytest.mark.parametrize(

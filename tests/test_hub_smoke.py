@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dsv4serve.tiny import ensure_checkpoint
+from dsv4serve.weights.tiny import ensure_checkpoint
 from tests.hubserver import HubServer
 from tests.test_launch import Cli, assert_all_gone, free_port
 

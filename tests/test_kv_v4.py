@@ -7,12 +7,12 @@ from collections import Counter
 
 import pytest
 
-from dsv4serve.hardware import GiB, MiB, parse_hardware
-from dsv4serve.kv_v4 import approximate_gcd, in_flight_tokens, layer_specs, v4_layout
-from dsv4serve.memory_model import kv_need_bytes
-from dsv4serve.plan import Overrides, make_plan
-from dsv4serve.profile_types import KvCache
-from dsv4serve.profiles import load_profile
+from dsv4serve.engines.vllm.kv_cache import approximate_gcd, in_flight_tokens, layer_specs, v4_layout
+from dsv4serve.hardware.inventory import GiB, MiB, parse_hardware
+from dsv4serve.planning.memory import kv_need_bytes
+from dsv4serve.planning.plan import Overrides, make_plan
+from dsv4serve.profiles.load import load_profile
+from dsv4serve.profiles.types import KvCache
 
 M1 = 1_048_576
 K128 = 131_072

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from dsv4serve import launch_ready, procs
 from dsv4serve.errors import LaunchError
-from dsv4serve.launch import LaunchSpec, Server
-from dsv4serve.launch_ready import startup_timeout
+from dsv4serve.serving import procs
+from dsv4serve.serving import ready as launch_ready
+from dsv4serve.serving.launch import Server
+from dsv4serve.serving.ready import startup_timeout
+from dsv4serve.serving.spec import LaunchSpec
 
 PY = sys.executable
 
@@ -213,7 +215,8 @@ def test_watchdog_stops_the_group_when_its_parent_is_sigkilled(tmp_path):
     # A parent that launches the group and then dies by SIGKILL: no chance to clean up itself.
     parent = (
         "import sys, time\n"
-        "from dsv4serve.launch import LaunchSpec, Server\n"
+        "from dsv4serve.serving.launch import Server\n"
+        "from dsv4serve.serving.spec import LaunchSpec\n"
         f"s = Server(LaunchSpec(argv=({PY!r}, '-c', {SPAWNS_CHILD!r}), host='127.0.0.1', port={free_port()},"
         " served_model_name='x', startup_timeout_s=60, grace_s=2))\n"
         "s.start()\n"

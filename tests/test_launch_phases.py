@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 from tqdm import tqdm
 
-from dsv4serve.launch import Event, LaunchSpec, Server
-from dsv4serve.service.console import terminal_notify
-from dsv4serve.startup_log import (
+from dsv4serve.engines.vllm.startup_log import (
     PHASE_NAMES,
     LineSplitter,
     OutputReader,
@@ -24,6 +22,9 @@ from dsv4serve.startup_log import (
     StartupTracker,
     exit_hint,
 )
+from dsv4serve.service.console import terminal_notify
+from dsv4serve.serving.launch import Server
+from dsv4serve.serving.spec import Event, LaunchSpec
 
 # No tqdm monitor thread: a thread that leaves SIGINT unblocked would take the signals that
 # test_launch.py's signal tests aim at the main thread.

@@ -12,15 +12,15 @@ import time
 
 import pytest
 
-from dsv4serve import procs
 from dsv4serve.errors import HardwareError, LaunchError
-from dsv4serve.hardware import parse_hardware
-from dsv4serve.launch import Event, LaunchSpec
+from dsv4serve.hardware.inventory import parse_hardware
 from dsv4serve.nodes.control import HeadLink, HeadStopped, WorkerLink
 from dsv4serve.nodes.supervise import fingerprint, run_node
-from dsv4serve.plan import Overrides, make_plan
+from dsv4serve.planning.plan import Overrides, make_plan
 from dsv4serve.planning.strategy import pp_partition, stage_profiles, weights_per_gpu
-from dsv4serve.profiles import load_profile
+from dsv4serve.profiles.load import load_profile
+from dsv4serve.serving import procs
+from dsv4serve.serving.spec import Event, LaunchSpec
 
 GiB = 1 << 30
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dsv4serve import procs
+from dsv4serve.serving import procs
 from tests.test_launch import Cli, assert_all_gone, chat, free_port
 
 # On a quiet 2-core machine the pair is ready in ~35 s; vLLM's CPU build loads slowly when other

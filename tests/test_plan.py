@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from dsv4serve.errors import HardwareError, UsageError
-from dsv4serve.hardware import GiB, GpuProcess, parse_hardware
-from dsv4serve.plan import (
+from dsv4serve.hardware.inventory import GiB, GpuProcess, parse_hardware
+from dsv4serve.planning.plan import (
     ACTIVATION_BYTES,
     CUDA_GRAPH_BYTES,
     Overrides,
@@ -25,8 +25,8 @@ from dsv4serve.plan import (
     plan_to_dict,
     shell_line,
 )
-from dsv4serve.profile_types import HardwareRule, Model, Profile, Serve
-from dsv4serve.profiles import load_profile
+from dsv4serve.profiles.load import load_profile
+from dsv4serve.profiles.types import HardwareRule, Model, Profile, Serve
 
 GOLDEN = Path(__file__).parent / "golden"
 HARDWARE = (
@@ -349,7 +349,7 @@ def test_cli_gpus_gives_exit_3_here(run_cli):
 def test_help_does_not_import_pynvml_or_rich():
     code = (
         "import sys; from dsv4serve.cli import main\ntry: main(['plan','--help'])\nexcept SystemExit: pass\n"
-        "print(sorted(m for m in ('pynvml','rich','dsv4serve.plan','yaml') if m in sys.modules))"
+        "print(sorted(m for m in ('pynvml','rich','dsv4serve.planning.plan','yaml') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "pynvml" not in out.splitlines()[-1] and "dsv4serve.plan" not in out.splitlines()[-1]
+    assert "pynvml" not in out.splitlines()[-1] and "dsv4serve.planning.plan" not in out.splitlines()[-1]

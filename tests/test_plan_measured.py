@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from dsv4serve.hardware import Gpu
-from dsv4serve.plan import Overrides, kv_cache_bytes_per_gpu, make_plan
-from dsv4serve.profiles import load_profile
+from dsv4serve.hardware.inventory import Gpu
+from dsv4serve.planning.plan import Overrides, kv_cache_bytes_per_gpu, make_plan
+from dsv4serve.profiles.load import load_profile
 
 GIB = 2**30
 # `dsv4serve gpus --json` on the machine (matches nvidia-smi: 143771 MiB, cc 9.0, driver 580.159.04).

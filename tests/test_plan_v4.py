@@ -9,10 +9,10 @@ import json
 import pytest
 
 from dsv4serve.errors import ProfileError, UsageError
-from dsv4serve.hardware import gib, parse_hardware
-from dsv4serve.memory_model import kv_layout
-from dsv4serve.plan import Overrides, make_plan
-from dsv4serve.profiles import load_profile
+from dsv4serve.hardware.inventory import gib, parse_hardware
+from dsv4serve.planning.memory import kv_layout
+from dsv4serve.planning.plan import Overrides, make_plan
+from dsv4serve.profiles.load import load_profile
 
 M1 = 1_048_576
 T = 16_384

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dsv4serve import profiles
 from dsv4serve.errors import ProfileError
-from dsv4serve.profile_schema import build
-from dsv4serve.profile_yaml import read_document
-from dsv4serve.profiles import load_profile, profile_to_dict, search_path
+from dsv4serve.profiles import load as profiles
+from dsv4serve.profiles.document import read_document
+from dsv4serve.profiles.load import load_profile, profile_to_dict, search_path
+from dsv4serve.profiles.schema import build
 
 # A complete profile that needs no parent; bad cases below start from it or from `extends: flash`.
 STANDALONE = """\

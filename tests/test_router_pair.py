@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from dsv4serve.hardware import Gpu
-from dsv4serve.profiles import load_profile
+from dsv4serve.hardware.inventory import Gpu
+from dsv4serve.profiles.load import load_profile
 from dsv4serve.router.pair import Member, default_gpus, is_url, plan_members
 
 GIB = 1 << 30

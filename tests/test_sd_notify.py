@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from dsv4serve import sd_notify
+from dsv4serve.serving import sd_notify
 
 
 def _listener(address: str) -> socket.socket:
@@ -76,7 +76,7 @@ def test_up_sends_ready_once_it_serves(dsv4serve_cmd, tmp_path):
                 extensions.append(int(message.split("=", 1)[1]))
                 message = sock.recv(4096).decode()
             assert message.startswith("READY=1") and f":{port}/v1" in message
-            from dsv4serve.launch_ready import extension_s
+            from dsv4serve.serving.ready import extension_s
 
             assert set(extensions) <= {int(extension_s() * 1e6)}, extensions  # the grace and a margin
             # sent once the server answers, not before

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from dsv4serve.launch import LaunchSpec
-from dsv4serve.launch_ready import api_key
 from dsv4serve.service import keys, state
+from dsv4serve.serving.ready import api_key
+from dsv4serve.serving.spec import LaunchSpec
 from tests.test_service_state import record as state_record
 
 KEY = "sk-test-0123456789abcdef"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dsv4serve import procs
 from dsv4serve.service import state
+from dsv4serve.serving import procs
 from tests.test_launch import free_port
 
 KEY = "sk-dsv4serve-live-5f1e2d3c4b5a69788796a5b4"

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
+from dsv4serve.engines.vllm.startup_log import PHASES
 from dsv4serve.errors import UsageError
-from dsv4serve.launch import PHASES
 from dsv4serve.service import ops, state
 from dsv4serve.service.detach import claim
 

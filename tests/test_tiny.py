@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dsv4serve import tiny
 from dsv4serve.errors import DownloadError, ProfileError
+from dsv4serve.weights import tiny
 
 SPEC = tiny.SPECS["tiny"]
 
@@ -100,7 +100,7 @@ def test_config_is_deepseek_v3_with_mla_and_sigmoid_moe(checkpoint):
 
 
 def test_tiny_profile_facts_match_the_checkpoint(checkpoint):
-    from dsv4serve.profiles import load_profile
+    from dsv4serve.profiles.load import load_profile
 
     model = load_profile("tiny").model
     config = json.loads((checkpoint / "config.json").read_text())

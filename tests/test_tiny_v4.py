@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from dsv4serve import generated, v4ckpt
 from dsv4serve.errors import ProfileError, UsageError
-from dsv4serve.profiles import load_profile
-from dsv4serve.v4ckpt import layout, spec, tokenizer
+from dsv4serve.profiles.load import load_profile
+from dsv4serve.weights import generated, v4ckpt
+from dsv4serve.weights.v4ckpt import layout, spec, tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 # DeepSeek-V4-Flash on the hub (shared/facts/deepseek-v4.md): 148.66 GiB in 46 shards.
@@ -208,7 +208,7 @@ def test_model_generate_names_dispatch_to_their_generator(tmp_path):
 
 
 def test_fetch_weights_generates_tiny_v4_once():
-    from dsv4serve.weights import fetch_weights, missing_files
+    from dsv4serve.weights.fetch import fetch_weights, missing_files
 
     profile = load_profile("tiny-v4")
     path = fetch_weights(profile, progress=False)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dsv4serve import v4ckpt
-from dsv4serve.v4ckpt import layout, spec
+from dsv4serve.weights import v4ckpt
+from dsv4serve.weights.v4ckpt import layout, spec
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ from importlib import metadata
 
 import pytest
 
+from dsv4serve.engines.vllm.version import installed_vllm_version, parse_version, require_vllm
 from dsv4serve.errors import EXIT_LAUNCH, EXIT_USAGE, LaunchError, UsageError
-from dsv4serve.vllm_version import installed_vllm_version, parse_version, require_vllm
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_reads_dist_info_and_egg_info_in_sys_path_order(tmp_path):
 
 def test_reading_the_version_is_fast_and_does_not_import_vllm():
     code = (
-        "import sys, time\nfrom dsv4serve.vllm_version import installed_vllm_version\n"
+        "import sys, time\nfrom dsv4serve.engines.vllm.version import installed_vllm_version\n"
         "t = time.perf_counter(); v = installed_vllm_version(); dt = time.perf_counter() - t\n"
         "print(v, dt, 'vllm' in sys.modules)"
     )

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from dsv4serve.errors import EXIT_DOWNLOAD, DownloadError
-from dsv4serve.profile_types import Model, Profile, Serve
-from dsv4serve.weights import download_weights, ensure_complete, fetch_weights, missing_files
+from dsv4serve.profiles.types import Model, Profile, Serve
+from dsv4serve.weights.fetch import download_weights, ensure_complete, fetch_weights, missing_files
 from tests.hubserver import HubServer
 
 REPO_ID = "acme/tiny-v4"
@@ -195,7 +195,7 @@ def test_interrupted_download_resumes_next_run(big_repo, hub, run_cli, profile_y
 def test_ctrl_c_stops_transfers_in_flight(hub, monkeypatch, isolated_home):
     from huggingface_hub import constants
 
-    from dsv4serve import hub_download
+    from dsv4serve.weights import hub as hub_download
 
     files = {"config.json": b"{}", "model.safetensors": safetensors(8 << 20)}
     hub.add_repo(REPO_ID, files)
@@ -225,7 +225,7 @@ def test_ctrl_c_stops_transfers_in_flight(hub, monkeypatch, isolated_home):
 
 
 def test_snapshot_link_made_meanwhile_by_another_run(repo, hub, monkeypatch):
-    from dsv4serve import hub_download
+    from dsv4serve.weights import hub as hub_download
 
     files, sha = repo
     download_weights(profile(), progress=False)

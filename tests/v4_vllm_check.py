@@ -47,7 +47,7 @@ def read_tensors(ckpt: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 
 def planned(shape: str):
-    from dsv4serve.v4ckpt import layout, spec, tokenizer
+    from dsv4serve.weights.v4ckpt import layout, spec, tokenizer
 
     s = spec.get_spec(shape)
     ids = (tokenizer.token_id(s.vocab_size, t) for t in (tokenizer.BOS, tokenizer.EOS))

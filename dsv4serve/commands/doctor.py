@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from dsv4serve.options import DEFAULT_HOST, DEFAULT_PORT, HostOpt, JsonOpt, PortOpt, ProfileDirOpt
+from dsv4serve.commands.options import HostOpt, JsonOpt, PortOpt, ProfileDirOpt
+from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_PORT
 
 OptionalProfileArg = Annotated[
     Optional[str],  # noqa: UP045 - typer needs Optional here
@@ -24,12 +25,12 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Check the driver, GPUs, vLLM, disk, HF token, port and caches; exit 0 when nothing fails."""
-        from dsv4serve.doctor import FAIL, WARN, report_to_dict, run_checks
+        from dsv4serve.doctor.checks import FAIL, WARN, report_to_dict, run_checks
         from dsv4serve.render import console, print_json
 
         loaded = None
         if profile is not None:
-            from dsv4serve.profiles import load_profile
+            from dsv4serve.profiles.load import load_profile
 
             loaded = load_profile(profile, profile_dirs=tuple(profile_dir or ()))
         report = run_checks(loaded, host=host, port=port)

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dsv4serve.options import JsonOpt, ProfileArg, ProfileDirOpt
+from dsv4serve.commands.options import JsonOpt, ProfileArg, ProfileDirOpt
 
 RevisionOpt = Annotated[
     Optional[str],  # noqa: UP045 - typer needs Optional here
@@ -28,13 +28,13 @@ def download(
     profile_dir: ProfileDirOpt = None,
 ) -> None:
     """Download the profile's weights from the hub: disk check first, progress, resume, verify."""
-    from dsv4serve.profiles import load_profile
-    from dsv4serve.weights import download_weights
+    from dsv4serve.profiles.load import load_profile
+    from dsv4serve.weights.fetch import download_weights
 
     prof = load_profile(profile, profile_dir or ())
     if revision is not None:
         from dsv4serve.errors import UsageError, oneline
-        from dsv4serve.hub_names import valid_revision
+        from dsv4serve.profiles.hub_names import valid_revision
 
         if not valid_revision(revision):  # it names a file under the cache's refs/: never ../..
             raise UsageError(
@@ -64,7 +64,7 @@ def download(
 
     out = console()
     if result.source == "hub":
-        from dsv4serve.hardware import gib
+        from dsv4serve.hardware.inventory import gib
 
         out.print(
             f"{result.repo}@{result.commit}: {result.files} files, {gib(result.total_bytes, 2)} "

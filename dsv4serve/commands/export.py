@@ -7,20 +7,22 @@ from typing import Annotated, Optional
 
 import typer
 
-from dsv4serve.nodes.options import MasterAddrOpt, NodeRankOpt, NodesOpt, StrategyOpt
-from dsv4serve.options import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
+from dsv4serve.commands.options import (
     CudaGraphsOpt,
     GpusOpt,
     HardwareOpt,
     HostOpt,
+    MasterAddrOpt,
     MaxModelLenOpt,
+    NodeRankOpt,
+    NodesOpt,
     PortOpt,
     ProfileArg,
     ProfileDirOpt,
+    StrategyOpt,
     WarmupOpt,
 )
+from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_PORT
 
 FormatArg = Annotated[str, typer.Argument(help="systemd, compose or kubernetes.", metavar="FORMAT")]
 OutputOpt = Annotated[
@@ -99,9 +101,9 @@ def register(app: typer.Typer) -> None:
         from dsv4serve.errors import UsageError
         from dsv4serve.export import FORMATS
         from dsv4serve.export.spec import make_deployment
-        from dsv4serve.launch_ready import startup_timeout
-        from dsv4serve.nodes.options import NodeOptions, check
-        from dsv4serve.planning.options import ensure_fits, plan_from_options
+        from dsv4serve.preflight.nodes import NodeOptions, check
+        from dsv4serve.preflight.options import ensure_fits, plan_from_options
+        from dsv4serve.serving.ready import startup_timeout
 
         if fmt not in FORMATS:
             raise UsageError(f"export {fmt!r}: unknown format", f"use one of {', '.join(FORMATS)}")

@@ -6,28 +6,24 @@ from typing import Annotated, Optional
 
 import typer
 
-from dsv4serve.nodes.options import (
-    DEFAULT_MASTER_PORT,
-    ExecutorOpt,
-    MasterAddrOpt,
-    MasterPortOpt,
-    NodesOpt,
-    StrategyOpt,
-)
-from dsv4serve.options import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
+from dsv4serve.commands.options import (
     CudaGraphsOpt,
+    ExecutorOpt,
     GpusOpt,
     HardwareOpt,
     HostOpt,
     JsonOpt,
+    MasterAddrOpt,
+    MasterPortOpt,
     MaxModelLenOpt,
+    NodesOpt,
     PortOpt,
     ProfileArg,
     ProfileDirOpt,
+    StrategyOpt,
     WarmupOpt,
 )
+from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_MASTER_PORT, DEFAULT_PORT
 
 DeviceOpt = Annotated[
     Optional[str],  # noqa: UP045 - typer needs Optional here
@@ -47,8 +43,8 @@ def register(app: typer.Typer) -> None:
     @app.command("gpus")
     def gpus_command(as_json: JsonOpt = False) -> None:
         """List the GPUs NVML sees (honouring CUDA_VISIBLE_DEVICES): memory, compute capability, processes."""
-        from dsv4serve.hardware import read_inventory
-        from dsv4serve.planning.render import render_inventory
+        from dsv4serve.hardware.inventory import read_inventory
+        from dsv4serve.preflight.render import render_inventory
 
         render_inventory(read_inventory(), as_json)
 
@@ -74,10 +70,10 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Plan PROFILE: TP size, context, memory per GPU, the vLLM command (args after -- go to vLLM)."""
-        from dsv4serve.nodes.options import NodeOptions, check
-        from dsv4serve.nodes.show import up_prefix
-        from dsv4serve.planning.options import ensure_fits, plan_from_options
-        from dsv4serve.planning.render import render_plan
+        from dsv4serve.preflight.node_text import up_prefix
+        from dsv4serve.preflight.nodes import NodeOptions, check
+        from dsv4serve.preflight.options import ensure_fits, plan_from_options
+        from dsv4serve.preflight.render import render_plan
 
         node_options = check(
             NodeOptions(nodes, 0, master_addr, master_port, strategy, executor), starting=False

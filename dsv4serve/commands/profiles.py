@@ -1,4 +1,4 @@
-"""`dsv4serve profiles list|show|validate`: thin commands over dsv4serve.profiles."""
+"""`dsv4serve profiles list|show|validate`: thin commands over dsv4serve.profiles.load."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
+from dsv4serve.commands.options import JsonOpt, ProfileArg, ProfileDirOpt
 from dsv4serve.errors import EXIT_USAGE
-from dsv4serve.options import JsonOpt, ProfileArg, ProfileDirOpt
 
 FilesArg = Annotated[
     list[str], typer.Argument(metavar="FILE", help="Profile YAML files (or names) to check.")
@@ -33,7 +33,7 @@ def list_command(json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> No
     from dataclasses import asdict
 
     from dsv4serve.errors import oneline
-    from dsv4serve.profiles import list_profiles, search_path
+    from dsv4serve.profiles.load import list_profiles, search_path
     from dsv4serve.render import console, print_json
 
     entries = list_profiles(profile_dir or ())
@@ -65,7 +65,7 @@ def list_command(json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> No
 def show_command(name: ProfileArg, json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> None:
     """Show a profile after `extends` is merged and every field is validated."""
     from dsv4serve.errors import oneline
-    from dsv4serve.profiles import load_profile, profile_to_dict
+    from dsv4serve.profiles.load import load_profile, profile_to_dict
     from dsv4serve.redact import masked_profile
     from dsv4serve.render import console, print_json
 
@@ -88,7 +88,7 @@ def show_command(name: ProfileArg, json: JsonOpt = False, profile_dir: ProfileDi
 
 def _facts_line(profile) -> str:
     """The checkpoint facts a reader checks first: size, depth, context."""
-    from dsv4serve.hardware import gib
+    from dsv4serve.hardware.inventory import gib
 
     m = profile.model
     return (
@@ -109,7 +109,7 @@ def _count(n: int) -> str:
 def validate_command(files: FilesArg, json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> None:
     """Check profile files; exit 0 when all are valid, 2 otherwise."""
     from dsv4serve.errors import DsvError, oneline
-    from dsv4serve.profiles import load_profile
+    from dsv4serve.profiles.load import load_profile
     from dsv4serve.render import console, print_json
 
     results = []

@@ -7,16 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from dsv4serve.options import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    HardwareOpt,
-    HostOpt,
-    JsonOpt,
-    PortOpt,
-    ProfileDirOpt,
-    check_gpus,
-)
+from dsv4serve.commands.options import HardwareOpt, HostOpt, JsonOpt, PortOpt, ProfileDirOpt, check_gpus
+from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_PORT
 
 UrlOpt = Optional[str]  # noqa: UP045 - typer needs Optional here
 RouterProfileArg = Annotated[
@@ -208,9 +200,9 @@ def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, a
     import sys
     import threading
 
-    from dsv4serve import procs
-    from dsv4serve.planning.render import render_plan
+    from dsv4serve.preflight.render import render_plan
     from dsv4serve.router.pair import plan_members, start_members
+    from dsv4serve.serving import procs
 
     def show(m, plan) -> None:
         if not as_json:

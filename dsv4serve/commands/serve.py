@@ -1,5 +1,5 @@
 """`up` (plan, weights, start, supervise) and `smoke` (up, one chat request, clean stop): thin commands
-over dsv4serve.serving (the launch spec, the chat request) and dsv4serve.launch (the server)."""
+over dsv4serve.serving (the launch spec, the chat request) and dsv4serve.serving.launch (the server)."""
 
 from __future__ import annotations
 
@@ -9,33 +9,29 @@ from typing import Annotated, Optional
 
 import typer
 
-from dsv4serve.nodes.options import (
-    DEFAULT_MASTER_PORT,
-    ExecutorOpt,
-    MasterAddrOpt,
-    MasterPortOpt,
-    NodeRankOpt,
-    NodesOpt,
-    StrategyOpt,
-)
-from dsv4serve.options import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
+from dsv4serve.commands.options import (
     ApiKeyFileOpt,
     CudaGraphsOpt,
     DetachOpt,
+    ExecutorOpt,
     GpusOpt,
     HardwareOpt,
     HostOpt,
     JsonOpt,
+    MasterAddrOpt,
+    MasterPortOpt,
     MaxModelLenOpt,
     NameOpt,
+    NodeRankOpt,
+    NodesOpt,
     PortOpt,
     ProfileArg,
     ProfileDirOpt,
+    StrategyOpt,
     VerboseOpt,
     WarmupOpt,
 )
+from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_MASTER_PORT, DEFAULT_PORT
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
 
@@ -95,12 +91,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve PROFILE with vLLM in the foreground until Ctrl-C (args after -- go to vLLM). Several
         nodes: the same command on each, with --nodes N, its own --node-rank and the head's --master-addr."""
-        from dsv4serve.launch import run_server
-        from dsv4serve.nodes.options import NodeOptions, check
+        from dsv4serve.preflight.nodes import NodeOptions, check
         from dsv4serve.render import console, print_json
         from dsv4serve.service import keys
         from dsv4serve.service.console import terminal_notify
         from dsv4serve.serving.chat import curl_line
+        from dsv4serve.serving.launch import run_server
         from dsv4serve.serving.prepare import arg_value, prepare_launch
 
         given = NodeOptions(nodes, node_rank, master_addr, master_port, strategy, executor)
@@ -147,7 +143,7 @@ def register(app: typer.Typer) -> None:
             return
 
         def on_ready(server) -> None:
-            from dsv4serve import sd_notify  # under systemd (export systemd: Type=notify): READY=1
+            from dsv4serve.serving import sd_notify  # under systemd (export systemd: Type=notify): READY=1
 
             sd_notify.ready("worker ready" if spec.headless else f"ready: {server.base_url}/v1")
             if spec.headless:
@@ -198,13 +194,13 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Start PROFILE, send one chat completion through the openai client, stop: CI's check."""
-        from dsv4serve import procs
         from dsv4serve.errors import LaunchError
-        from dsv4serve.launch import running_server
         from dsv4serve.render import console, print_json
         from dsv4serve.service import keys
         from dsv4serve.service.console import terminal_notify
+        from dsv4serve.serving import procs
         from dsv4serve.serving.chat import chat_once
+        from dsv4serve.serving.launch import running_server
         from dsv4serve.serving.prepare import prepare_launch
 
         api_key = keys.read_api_key(api_key_file)

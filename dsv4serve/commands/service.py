@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dsv4serve.options import JsonOpt
+from dsv4serve.commands.options import JsonOpt
 
 
 def say(text: str) -> None:
@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     @app.command("ps")
     def ps_command(as_json: JsonOpt = False) -> None:
         """List the detached servers: state, endpoint, GPUs, uptime, memory per GPU."""
-        from dsv4serve.hardware import gib
+        from dsv4serve.hardware.inventory import gib
         from dsv4serve.render import console, print_json
         from dsv4serve.service import ops, state
 

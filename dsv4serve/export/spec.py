@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dsv4serve.errors import UsageError
-from dsv4serve.gpu_select import parse_gpus
+from dsv4serve.hardware.select import parse_gpus
 
 # In a container: HF_HOME and XDG_CACHE_HOME point here, so the hub cache is /cache/huggingface/hub and
 # dsv4serve's JIT caches and logs are /cache/dsv4serve/{jit,logs}: two mounts keep all of it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+from dsv4serve.engines.vllm.jit_cache import CACHE_VARS
 from dsv4serve.export.spec import (
     API_KEY_VAR,
     HF_TOKEN_VAR,
@@ -14,7 +15,6 @@ from dsv4serve.export.spec import (
     header,
     up_argv,
 )
-from dsv4serve.jit_cache import CACHE_VARS
 
 # Cache locations the unit pins, so the service finds the weights and JIT caches the exporting user has:
 # a unit's environment is not the login shell's.

@@ -1,2 +1,1 @@
-"""One deployment over several nodes: each node's `dsv4serve up`, and the line between the head and its
-workers (control.py); the options and the plan's per-node text for the CLI (options.py, show.py)."""
+"""Several nodes of one deployment: each node's `dsv4serve up`, and the link between head and workers."""

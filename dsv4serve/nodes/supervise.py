@@ -10,13 +10,12 @@ process group, no orphan), plus the line to the other nodes (control.py).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import sys
 from collections.abc import Callable
 
-from dsv4serve.launch import Event, LaunchSpec, Notify, run_server
 from dsv4serve.nodes.control import CONTROL_PORT_OFFSET, HeadLink, HeadStopped, WorkerLink
+from dsv4serve.serving.launch import run_server
+from dsv4serve.serving.spec import Event, LaunchSpec, Notify
 
 
 def fingerprint(plan) -> tuple[str, str]:
@@ -28,14 +27,6 @@ def fingerprint(plan) -> tuple[str, str]:
         f"max_model_len {plan.max_model_len}"
     )
     return hashlib.sha256(summary.encode()).hexdigest()[:16], summary
-
-
-def node_spec(spec: LaunchSpec, plan, rank: int, vllm_main: tuple[str, ...]) -> LaunchSpec:
-    """The launch of node `rank`: its own vLLM args and env (a worker's headless)."""
-    node = plan.nodes[rank]
-    env = {**dict(spec.env), **dict(node.env)}
-    argv = (sys.executable, *vllm_main, *node.argv[2:])
-    return dataclasses.replace(spec, argv=argv, env=env, headless=rank > 0)
 
 
 def run_node(

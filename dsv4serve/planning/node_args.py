@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 
 from dsv4serve.errors import UsageError
-from dsv4serve.plan_types import NodePlan, Overrides, Plan
 from dsv4serve.planning.strategy import Layout, expert_parallel
-from dsv4serve.profile_types import Profile
+from dsv4serve.planning.types import NodePlan, Overrides, Plan
+from dsv4serve.profiles.types import Profile
 
 HEAD_PLACEHOLDER = "HEAD_ADDR"  # the head's address when the plan was not given --master-addr
 RAY_PORT = 6379  # `ray start --head`'s default GCS port

@@ -19,10 +19,9 @@ import math
 from dataclasses import dataclass
 
 from dsv4serve.errors import UsageError
-from dsv4serve.hardware import GiB, Gpu, gib
-from dsv4serve.memory_model import kv_need_bytes
-from dsv4serve.planning import STRATEGIES
-from dsv4serve.profile_types import Profile
+from dsv4serve.hardware.inventory import GiB, Gpu, gib
+from dsv4serve.planning.memory import kv_need_bytes
+from dsv4serve.profiles.types import STRATEGIES, Profile
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,8 @@ def plan_members(
     """Plan every member on the GPUs it will get, before anything is downloaded or started: [(member,
     profile, plan)]. A member that does not fit, or GPUs shared without room for both, stop it here;
     show(member, plan) sees each plan first (--dry-run prints it)."""
-    from dsv4serve.planning.options import plan_from_options, resolve_inventory
-    from dsv4serve.profiles import load_profile
+    from dsv4serve.preflight.options import plan_from_options, resolve_inventory
+    from dsv4serve.profiles.load import load_profile
 
     planned, taken = [], set()
     for m in members:
@@ -143,7 +143,7 @@ class Pair:
     """The started members: start(), wait_ready(), a watcher for the serving time, stop()."""
 
     def __init__(self, specs: Sequence[tuple[str, object]], notify: Callable[[str, object], None]):
-        from dsv4serve.launch import Server
+        from dsv4serve.serving.launch import Server
 
         self.servers = {name: Server(spec, lambda event, n=name: notify(n, event)) for name, spec in specs}
         self.died: tuple[str, int] | None = None  # (member, exit code) when one exited while serving
@@ -207,7 +207,7 @@ class Pair:
     def stop(self) -> None:
         """Stop both at once (each waits its own grace period), stop signals held meanwhile: a second
         Ctrl-C must not leave one half-stopped (the threads' own deferral works in the main one only)."""
-        from dsv4serve import procs
+        from dsv4serve.serving import procs
 
         threads = [threading.Thread(target=s.stop) for s in self.servers.values()]
         with procs.signals_deferred():
@@ -220,7 +220,7 @@ class Pair:
 def start_members(planned, profile_dirs: Sequence[str], say: Callable[[str], None]) -> Pair:
     """Check the members' ports, fetch their weights, start them (one by one on a shared GPU) and
     wait until both answer; a failure or a stop signal (procs.Stopped) stops both first."""
-    from dsv4serve import procs
+    from dsv4serve.serving import procs
     from dsv4serve.serving.prepare import log_path, prepare_launch
 
     for m, _, _ in planned:  # before any weights are fetched or any server starts

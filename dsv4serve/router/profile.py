@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsv4serve.errors import ProfileError
-from dsv4serve.profile_schema import build, where  # the model profiles' own helpers
-from dsv4serve.profile_yaml import LocatedMap, fail, read_document
+from dsv4serve.profiles.document import LocatedMap, fail, read_document
+from dsv4serve.profiles.schema import build, where  # the model profiles' own helpers
 
 ROUTES = ("flash", "pro")
 LEVELS = ("simple", "complex")  # the classifier's answers; complex goes to Pro

@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from dsv4serve import procs
+from dsv4serve.serving import procs
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STOP_GRACE_S = 8.0  # uvicorn's graceful shutdown (5 s) plus a margin
@@ -74,7 +74,7 @@ def spawn_workers(count: int, sock: socket.socket, setup: tuple) -> list[subproc
     workers = []
     for _ in range(count):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dsv4serve.router.workers"],
+            [sys.executable, "-m", "dsv4serve.router.worker_main"],
             stdin=subprocess.PIPE,
             preexec_fn=procs.pdeathsig_preexec(signal.SIGTERM),  # noqa: PLW1509 - only prctl, no locks
         )
@@ -83,14 +83,6 @@ def spawn_workers(count: int, sock: socket.socket, setup: tuple) -> list[subproc
         proc.stdin.close()
         workers.append(proc)
     return workers
-
-
-def _worker_main() -> None:
-    """A spawned worker: read its setup, bind its own socket, serve until stopped."""
-    from dsv4serve.router import server
-
-    profile, flash, pro, family, address = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - our parent
-    server.run_worker(profile, flash, pro, server.listening_socket(family, address, reuse_port=True))
 
 
 def reap(workers: list[subprocess.Popen]) -> list[tuple[int, int]]:
@@ -113,7 +105,3 @@ def stop_workers(workers: list[subprocess.Popen], grace_s: float = STOP_GRACE_S)
             w.kill()
             w.wait()
     workers.clear()
-
-
-if __name__ == "__main__":
-    _worker_main()

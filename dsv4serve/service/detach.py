@@ -12,11 +12,11 @@ import subprocess
 import sys
 import time
 
-from dsv4serve import procs
 from dsv4serve.errors import EXIT_SIGNAL_BASE, DsvError, LaunchError, UsageError
-from dsv4serve.launch import LaunchSpec
 from dsv4serve.service import state
 from dsv4serve.service.supervisor import spec_to_dict
+from dsv4serve.serving import procs
+from dsv4serve.serving.spec import LaunchSpec
 
 POLL_S = 0.2
 SUPERVISOR = ("-m", "dsv4serve.service.supervisor")

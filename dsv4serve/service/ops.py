@@ -9,9 +9,9 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 
-from dsv4serve import procs
 from dsv4serve.service import state
 from dsv4serve.service.detach import stop_supervisor
+from dsv4serve.serving import procs
 
 # The supervisor's stop: SIGTERM, vLLM's grace (15 s), SIGKILL, the drain and GPU checks (5 s each).
 STOP_WAIT_S = 45.0
@@ -47,7 +47,7 @@ def gpu_memory(records: list[state.Record]) -> dict[str, int]:
     if not any(r.gpus for r in records):
         return {}
     try:
-        from dsv4serve import hardware
+        from dsv4serve.hardware import inventory as hardware
 
         gpus = hardware.read_inventory().gpus
     except Exception:  # noqa: BLE001 - ps works without NVML; the column says "-"

@@ -99,7 +99,7 @@ class Record:
 
     @property
     def endpoint(self) -> str:
-        from dsv4serve.procs import connect_host
+        from dsv4serve.serving.procs import connect_host
 
         host = connect_host(self.host)
         host = f"[{host}]" if ":" in host else host

@@ -15,10 +15,11 @@ import sys
 import threading
 from pathlib import Path
 
-from dsv4serve import procs
 from dsv4serve.errors import EXIT_INTERNAL, EXIT_SIGNAL_BASE, DsvError
-from dsv4serve.launch import Event, LaunchSpec, Server
 from dsv4serve.service import state
+from dsv4serve.serving import procs
+from dsv4serve.serving.launch import Server
+from dsv4serve.serving.spec import Event, LaunchSpec
 
 
 def spec_to_dict(spec: LaunchSpec) -> dict:

@@ -1,2 +1,1 @@
-"""Starting a server from a profile, below the commands: the launch spec (prepare.py) and one chat
-request against a running server (chat.py). `up`, `smoke`, the router's pair and scripts use these."""
+"""The only place that starts processes: launch, readiness, supervision, process helpers, systemd notify."""

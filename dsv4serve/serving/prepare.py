@@ -3,13 +3,15 @@ environment, log file and readiness deadline of one vLLM server (or one node's p
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from dsv4serve.options import DEFAULT_HOST, DEFAULT_PORT
+from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_PORT
+from dsv4serve.serving.spec import LaunchSpec
 
 # The vLLM entry point, run by the interpreter that runs dsv4serve (the CPU build, through the dist-info
 # shim scripts/install.sh adds, and the GPU bundle both provide it).
@@ -55,14 +57,15 @@ def prepare_launch(
 ):
     """Plan (the planner's argv), make the weights local, and build the LaunchSpec: (plan, spec|None).
     node_options (nodes.options.NodeOptions): the spec is that node's (a worker's: headless)."""
-    from dsv4serve.jit_cache import ensure_dirs
-    from dsv4serve.launch import LaunchSpec, startup_timeout
-    from dsv4serve.planning.options import ensure_fits, plan_from_options
-    from dsv4serve.planning.render import render_plan
+    from dsv4serve.engines.vllm.jit_cache import ensure_dirs
+    from dsv4serve.engines.vllm.version import installed_vllm_version, require_vllm
+    from dsv4serve.preflight.options import ensure_fits, plan_from_options
+    from dsv4serve.preflight.render import render_plan
     from dsv4serve.redact import register as register_secrets
     from dsv4serve.redact import secret_values
-    from dsv4serve.vllm_version import installed_vllm_version, require_vllm
-    from dsv4serve.weights import fetch_weights
+    from dsv4serve.serving.ready import startup_timeout
+    from dsv4serve.serving.spec import LaunchSpec
+    from dsv4serve.weights.fetch import fetch_weights
 
     if hardware and not dry_run:
         from dsv4serve.errors import UsageError
@@ -115,7 +118,13 @@ def prepare_launch(
         gpu_memory_before=before,
     )
     if len(plan.nodes) > 1 and node_options is not None:  # this node's own command (nodes/supervise.py)
-        from dsv4serve.nodes.supervise import node_spec
-
         spec = node_spec(spec, plan, node_options.node_rank, VLLM_MAIN)
     return plan, spec
+
+
+def node_spec(spec: LaunchSpec, plan, rank: int, vllm_main: tuple[str, ...]) -> LaunchSpec:
+    """The launch of node `rank`: its own vLLM args and env (a worker's headless)."""
+    node = plan.nodes[rank]
+    env = {**dict(spec.env), **dict(node.env)}
+    argv = (sys.executable, *vllm_main, *node.argv[2:])
+    return dataclasses.replace(spec, argv=argv, env=env, headless=rank > 0)

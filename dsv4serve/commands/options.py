@@ -1,0 +1,135 @@
+"""Option definitions shared by several commands (one definition of --gpus, --hardware, ...)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+ProfileArg = Annotated[
+    str, typer.Argument(help="Profile name (see `dsv4serve profiles list`) or a YAML path.")
+]
+ProfileDirOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--profile-dir", help="Extra directory searched first for profiles (repeatable)."),
+]
+
+
+def check_gpus(param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:  # noqa: UP045
+    """--gpus syntax, at parse time: a malformed value is a usage error before any GPU is read. Other
+    options of the same syntax (route's --flash-gpus) are named as the user wrote them."""
+    from dsv4serve.errors import UsageError
+    from dsv4serve.hardware.select import parse_gpus
+
+    try:
+        parse_gpus(value)
+    except UsageError as err:
+        flag = param.opts[0] if param.opts else "--gpus"
+        if flag == "--gpus":
+            raise
+        raise UsageError(err.message.replace("--gpus", flag), err.hint.replace("--gpus", flag)) from None
+    return value
+
+
+GpusOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--gpus",
+        callback=check_gpus,
+        help="N (the N visible GPUs with most free memory) or a list: 0,1 or GPU UUIDs.",
+    ),
+]
+HardwareOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--hardware",
+        help="Plan for declared GPUs instead of reading NVML: 2xH200, 8xH100-80GB, 2x48GiB@8.9.",
+    ),
+]
+MaxModelLenOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--max-model-len", help="Context length to serve (default: the profile's, lowered to fit)."),
+]
+HostOpt = Annotated[str, typer.Option("--host", help="Address to bind. Default 127.0.0.1 (local only).")]
+PortOpt = Annotated[
+    int, typer.Option("--port", min=1, max=65535, help="Port for the OpenAI-compatible server.")
+]
+CudaGraphsOpt = Annotated[
+    Optional[bool],  # noqa: UP045 - None means "the profile's setting"
+    typer.Option("--cuda-graphs/--enforce-eager", help="CUDA graphs on or off (default: the profile's)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+WarmupOpt = Annotated[
+    Optional[str],  # noqa: UP045 - None means "the profile's, else relax"
+    typer.Option(
+        "--warmup",
+        help="DeepGEMM warmup at start (VLLM_DEEP_GEMM_WARMUP): relax (default), full or skip; "
+        "the plan notes the trade-off.",
+    ),
+]
+
+# `up` and `smoke`: detaching, naming a detached server, output, the API key
+DetachOpt = Annotated[
+    bool,
+    typer.Option(
+        "--detach", "-d", help="Return once the server is ready; it runs on (see `ps`, `logs`, `stop`)."
+    ),
+]
+NameOpt = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--name", help="The detached server's name for ps/logs/stop (default: the profile's)."),
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Stream vLLM's output too (default: phases only; all in the log)."),
+]
+ApiKeyFileOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--api-key-file",
+        help="File whose first line is the API key clients must send (else $DSV4SERVE_API_KEY).",
+    ),
+]
+
+# the multi-node options of plan, up and export
+MAX_NODES = 128
+NodesOpt = Annotated[
+    Optional[int],  # noqa: UP045 - typer needs Optional here
+    typer.Option(
+        "--nodes",
+        min=1,
+        max=MAX_NODES,
+        help="Nodes in the deployment, each like this one (or declare them: --hardware 2x8xH100-80GB).",
+    ),
+]
+NodeRankOpt = Annotated[
+    int,
+    typer.Option(
+        "--node-rank", min=0, help="This node's rank: 0 is the head (serves the API), others workers."
+    ),
+]
+MasterAddrOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--master-addr", help="The head node's address, which every node must reach."),
+]
+MasterPortOpt = Annotated[
+    int,
+    typer.Option(
+        "--master-port",
+        min=1,
+        max=65534,
+        help="vLLM's port on the head (DP+EP: its RPC port); dsv4serve's own watch uses the next one.",
+    ),
+]
+StrategyOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--strategy", help="tp, tp-ep, dp-ep or tp-pp (default: the planner's choice, with a reason)."
+    ),
+]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        "--executor", help="Across nodes: mp (vLLM's own multiprocessing) or ray (a running Ray cluster)."
+    ),
+]

@@ -1,0 +1,126 @@
+"""vLLM's per-GPU memory model: fixed overheads, KV cache per GPU, memory outside vLLM's budget (pure)."""
+
+from __future__ import annotations
+
+import math
+
+from dsv4serve.engines.vllm.kv_cache import V4_BLOCK_SIZE, V4Layout, in_flight_tokens, v4_layout
+from dsv4serve.hardware.inventory import GiB, MiB
+from dsv4serve.planning.types import KvSummary
+from dsv4serve.profiles.types import Profile
+
+# Per-GPU memory vLLM needs besides weights and KV cache. vLLM's budget per GPU is
+# gpu_memory_utilization x total memory (vllm/v1/worker/utils.py request_memory), and the KV cache gets
+# what is left after weights, non-torch memory, peak activations, CUDA graphs and a 150 MiB buffer
+# (gpu_worker.py). These figures are deliberately on the safe side for the DeepSeek-V4 MoE models;
+# the facts note that newer vLLM releases need ~4 GiB more per GPU than older ones.
+NON_TORCH_BYTES = 1 * GiB  # CUDA context, cuBLAS/NCCL workspaces, custom all-reduce buffers
+ACTIVATION_BYTES = 4 * GiB  # peak activations of vLLM's profiling run (max_num_batched_tokens)
+VLLM_BUFFER_BYTES = 150 * MiB  # vLLM's own redundancy buffer against profiling underestimates
+CUDA_GRAPH_BYTES = 3 * GiB  # captured CUDA graphs' private pools, only when eager mode is off
+# Memory NVML shows beyond vLLM's budget, measured on H200 with vLLM 0.26.0 (docs/validation.md): vLLM
+# fills its KV cache up to utilization x total, and each GPU then also holds 652 MiB more at TP 1 (CUDA
+# context) and 2170-2212 MiB more at TP 2 and 4 (NCCL and custom all-reduce buffers on top).
+CUDA_CONTEXT_BYTES = 652 * MiB
+TP_COMM_BYTES = 1540 * MiB
+# CPU path (recipes/vllm-cpu.md: ~2.8 GiB RSS over 3 processes at TP 1, ~4.1 GiB at TP 2).
+CPU_BASE_BYTES = 3 * GiB // 2
+CPU_PER_RANK_BYTES = 3 * GiB // 2
+MIN_CONTEXT = 4096  # below this a chat model is not useful: refuse rather than lower further
+DEFAULT_BLOCK_SIZE = 16  # vLLM's default --block-size on CUDA
+
+# MLA-style latent KV cache and tensor parallelism: vLLM gives an MLA model a single KV head
+# (ModelConfig.get_num_kv_heads returns 1 when use_mla; other models get heads // tp) and every TP rank
+# keeps the whole latent cache, so the per-GPU KV cache is NOT divided by the TP size. DeepSeek-V4's
+# CSA/HCA compressed caches follow the same scheme. Measured on H200 (docs/validation.md): with the same
+# budget per GPU vLLM reported 19.26M, 19.40M and 19.44M KV tokens per GPU at TP 1, 2 and 4, i.e.
+# 2,304 B/token on every rank: the cache is replicated, not split.
+KV_CACHE_SPLIT_ACROSS_TP = False
+
+
+def kv_cache_bytes_per_gpu(kv_bytes_per_token: int, tokens: int, tensor_parallel_size: int) -> int:
+    """KV cache one GPU holds for `tokens` tokens of context (see KV_CACHE_SPLIT_ACROSS_TP)."""
+    total = kv_bytes_per_token * tokens
+    return math.ceil(total / tensor_parallel_size) if KV_CACHE_SPLIT_ACROSS_TP else total
+
+
+def outside_budget_bytes(tensor_parallel_size: int) -> int:
+    """Per-GPU memory a running server holds beyond vLLM's own budget (measured; see CUDA_CONTEXT_BYTES)."""
+    return CUDA_CONTEXT_BYTES + (TP_COMM_BYTES if tensor_parallel_size > 1 else 0)
+
+
+def overhead_bytes(cuda_graphs: bool) -> int:
+    """Fixed per-GPU memory besides weights and KV cache."""
+    fixed = NON_TORCH_BYTES + ACTIVATION_BYTES + VLLM_BUFFER_BYTES
+    return fixed + (CUDA_GRAPH_BYTES if cuda_graphs else 0)
+
+
+# --- the KV cache of a profile: one bytes-per-token figure, or DeepSeek-V4's structured cache -----------
+
+
+def kv_block_size(profile: Profile) -> int:
+    default = V4_BLOCK_SIZE if profile.model.kv_cache else DEFAULT_BLOCK_SIZE
+    return profile.serve.block_size or default
+
+
+def kv_layout(profile: Profile) -> V4Layout | None:
+    kv = profile.model.kv_cache
+    return v4_layout(kv, kv_block_size(profile)) if kv else None
+
+
+def kv_need_bytes(profile: Profile, tokens: int, tp: int, max_num_batched_tokens: int | None) -> int:
+    """Per-GPU KV memory vLLM demands at start-up for a max_model_len of `tokens`: for V4 its own check
+    (whole blocks of every group, chunks in flight included), else bytes per token x tokens."""
+    layout = kv_layout(profile)
+    if layout is not None:
+        return layout.startup_need(tokens, in_flight_tokens(max_num_batched_tokens))
+    return kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, tokens, tp)
+
+
+def kv_fit_len(profile: Profile, room: int, requested: int, tp: int, batched: int | None) -> int:
+    """`requested` when its start-up need fits in `room`, else the largest multiple of the block size
+    whose need does (0 when none does). The need only grows with the length: a binary search."""
+    if kv_need_bytes(profile, requested, tp, batched) <= room:
+        return requested
+    block = kv_block_size(profile)
+    low, high = 0, requested // block
+    while low < high:
+        mid = (low + high + 1) // 2
+        if kv_need_bytes(profile, mid * block, tp, batched) <= room:
+            low = mid
+        else:
+            high = mid - 1
+    return low * block
+
+
+def kv_capacity(
+    profile: Profile, pool: int, max_len: int, tp: int, batched: int | None = None
+) -> tuple[int, int, int, float]:
+    """(tokens, concurrent max_len sequences, vLLM's logged tokens, vLLM's logged concurrency) of a KV
+    pool of `pool` bytes per GPU. V4: whole blocks of the shared pool, tokens of full-group capacity,
+    each sequence ceil(L / 256) + its fixed blocks; vLLM's own figures differ (V4Layout.vllm_report).
+    Elsewhere the last two are 0."""
+    layout = kv_layout(profile)
+    if layout is not None:
+        c = layout.capacity(pool, max_len, in_flight_tokens(batched))
+        return c.tokens, c.max_len_sequences, c.vllm.tokens, c.vllm.max_concurrency
+    per_token = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, 1, tp)
+    tokens = max(pool, 0) // per_token if per_token > 0 else 0
+    return tokens, tokens // max_len if max_len else 0, 0, 0.0
+
+
+def kv_summary(profile: Profile, max_len: int, tp: int, batched: int | None) -> KvSummary:
+    layout = kv_layout(profile)
+    need = kv_need_bytes(profile, max_len, tp, batched)
+    if layout is None:
+        per_token = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, 1, tp)
+        return KvSummary("per_token", kv_block_size(profile), per_token, 0, 0, 0, need)
+    return KvSummary(
+        profile.model.kv_cache.layout,
+        layout.block_size,
+        layout.bytes_per_token,
+        layout.stride,
+        layout.fixed_blocks_per_sequence,
+        in_flight_tokens(batched),
+        need,
+    )

@@ -1,0 +1,400 @@
+"""The planner (pure: no I/O, no environment, no clock): TP size, max length, memory budget per GPU.
+
+The pieces live next door and are re-exported here, so `dsv4serve.planning.plan` stays the one import:
+plan_types (Overrides, MemoryRow, Plan), memory_model (vLLM's per-GPU memory figures), vllm_args (the
+argv, `command`, `shell_line`) and plan_cpu (the CPU path). This module plans the GPU path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+from dsv4serve.engines.vllm.argv import command, shell_line, vllm_args
+from dsv4serve.engines.vllm.jit_cache import startup_env
+from dsv4serve.errors import HardwareError, UsageError
+from dsv4serve.hardware.inventory import GPU_CATALOG, Gpu, MiB, gib, gpu_to_dict
+from dsv4serve.planning.cpu import plan_cpu
+from dsv4serve.planning.memory import (
+    ACTIVATION_BYTES,
+    CPU_BASE_BYTES,
+    CPU_PER_RANK_BYTES,
+    CUDA_CONTEXT_BYTES,
+    CUDA_GRAPH_BYTES,
+    DEFAULT_BLOCK_SIZE,
+    KV_CACHE_SPLIT_ACROSS_TP,
+    MIN_CONTEXT,
+    NON_TORCH_BYTES,
+    TP_COMM_BYTES,
+    VLLM_BUFFER_BYTES,
+    kv_block_size,
+    kv_cache_bytes_per_gpu,
+    kv_capacity,
+    kv_fit_len,
+    kv_need_bytes,
+    kv_summary,
+    outside_budget_bytes,
+    overhead_bytes,
+)
+from dsv4serve.planning.node_args import cpu_nodes, layout_args, with_nodes
+from dsv4serve.planning.strategy import (
+    Layout,
+    choose_layouts,
+    kv_profile,
+    reason,
+    weights_per_gpu,
+)
+from dsv4serve.planning.strategy import divisors as _divisors
+from dsv4serve.planning.types import MemoryRow, Overrides, Plan
+from dsv4serve.profiles.types import Profile
+
+__all__ = [
+    "ACTIVATION_BYTES",
+    "CPU_BASE_BYTES",
+    "CPU_PER_RANK_BYTES",
+    "CUDA_CONTEXT_BYTES",
+    "CUDA_GRAPH_BYTES",
+    "DEFAULT_BLOCK_SIZE",
+    "KV_CACHE_SPLIT_ACROSS_TP",
+    "MAX_SUGGESTED_GPUS",
+    "MIN_CONTEXT",
+    "NON_TORCH_BYTES",
+    "TP_COMM_BYTES",
+    "VLLM_BUFFER_BYTES",
+    "MemoryRow",
+    "Overrides",
+    "Plan",
+    "command",
+    "default_model_location",
+    "kv_cache_bytes_per_gpu",
+    "make_plan",
+    "outside_budget_bytes",
+    "overhead_bytes",
+    "plan_to_dict",
+    "shell_line",
+]
+
+MAX_SUGGESTED_GPUS = 64
+
+
+def default_model_location(profile: Profile) -> str | None:
+    return profile.model.repo or profile.model.path
+
+
+def plan_to_dict(plan: Plan) -> dict:
+    data = asdict(plan)
+    data["gpus"] = [gpu_to_dict(g) for g in plan.gpus]
+    data["argv"] = list(command(plan))
+    data["env"] = dict(plan.env)
+    data["nodes"] = [
+        {"rank": n.rank, "role": n.role, "argv": list(n.argv), "env": dict(n.env)} for n in plan.nodes
+    ]
+    for key in ("args", "problems", "notes", "suggestions"):
+        data[key] = list(data[key])
+    return data
+
+
+def _cc(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def _round_up(value: int, block: int) -> int:
+    return -(-value // block) * block
+
+
+def _requested_len(profile: Profile, overrides: Overrides) -> int:
+    max_context = profile.model.max_context
+    if overrides.max_model_len is not None:
+        if overrides.max_model_len < 1:
+            raise UsageError(f"--max-model-len {overrides.max_model_len}: must be at least 1")
+        if max_context and overrides.max_model_len > max_context:
+            raise UsageError(
+                f"--max-model-len {overrides.max_model_len} is above the model's context "
+                f"({max_context} tokens)",
+                f"use --max-model-len {max_context} or less",
+            )
+        return overrides.max_model_len
+    wanted = profile.serve.max_model_len or max_context
+    return min(wanted, max_context) if max_context else wanted
+
+
+def make_plan(
+    profile: Profile,
+    gpus: tuple[Gpu, ...],
+    overrides: Overrides | None = None,
+    *,
+    host_memory: int = 0,
+    host_cpus: int = 0,
+    nodes: int = 1,
+) -> Plan:
+    """Decide how vLLM starts on these GPUs (or the CPU), on each of `nodes` alike nodes, and whether it
+    fits. `gpus` are one node's."""
+    overrides = overrides or Overrides()
+    model = overrides.model_location or default_model_location(profile)
+    if not model:
+        raise UsageError(
+            f"profile {profile.name!r} generates its checkpoint: the plan needs its local path",
+            "pass the directory the weights step returned as the model location",
+        )
+    device = overrides.device or ("cuda" if gpus else "cpu")
+    if device not in ("cuda", "cpu"):
+        raise UsageError(f"unknown device {device!r}", "use cuda or cpu")
+    requested = _requested_len(profile, overrides)
+    if device == "cpu":
+        if not profile.cpu_ok:
+            raise HardwareError(
+                f"profile {profile.name!r} needs NVIDIA GPUs (compute capability "
+                f"{profile.model.min_compute_capability}+) and none are usable here",
+                "plan for GPUs you do not have with --hardware 2xH200, or use a CPU profile: tiny",
+            )
+        if nodes > 1:  # TP over the nodes' ranks: --tp ranks in all, else one per node
+            local = replace(
+                overrides, tensor_parallel_size=(overrides.tensor_parallel_size or nodes) // nodes
+            )
+            base = plan_cpu(profile, model, requested, local, host_memory, host_cpus)
+            return cpu_nodes(base, profile, nodes, overrides)
+        plan = plan_cpu(profile, model, requested, overrides, host_memory, host_cpus)
+        return with_nodes(plan, Layout("tp", plan.tensor_parallel_size), overrides, "")
+    if not gpus:
+        raise HardwareError(f"profile {profile.name!r}: no GPUs to plan for", "see `dsv4serve gpus`")
+    return _plan_cuda(profile, model, requested, overrides, gpus, nodes)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    layout: Layout
+    gpus: tuple[Gpu, ...]
+    utilization: float
+    max_len: int
+    rows: tuple[MemoryRow, ...]
+    problems: tuple[str, ...]
+    notes: tuple[str, ...] = field(default=())
+
+
+def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Overrides, gpus, nodes: int) -> Plan:
+    graphs = overrides.cuda_graphs if overrides.cuda_graphs is not None else not profile.serve.enforce_eager
+    overhead = overhead_bytes(graphs)
+    batched = _batched_tokens(profile, overrides)
+    choice = choose_layouts(profile, gpus, nodes, overrides.strategy, overrides.tensor_parallel_size)
+    best: _Fit | None = None
+    rejected: list[tuple[Layout, str]] = []  # layouts tried before the chosen one, and why not them
+    for layout in choice.layouts:
+        chosen = tuple(
+            sorted(
+                sorted(gpus, key=lambda g: (-g.memory_free, g.index))[: layout.per_node],
+                key=lambda g: g.index,
+            )
+        )
+        fit = _fit_memory(profile, chosen, layout, requested, overhead, batched)
+        if not fit.problems and fit.max_len == requested:
+            best = fit
+            break
+        rejected.append((layout, fit.problems[0] if fit.problems else f"max_model_len only {fit.max_len}"))
+        if best is None or (not fit.problems and (best.problems or fit.max_len > best.max_len)):
+            best = fit
+    assert best is not None  # choose_layouts always offers one
+    rejected = [(lay, why) for lay, why in rejected if lay != best.layout]
+    problems = list(choice.problems) + list(best.problems) + _capability_problems(profile, best.gpus)
+    notes = list(choice.notes) + list(best.notes)
+    if len(best.gpus) < len(gpus):
+        notes.append(f"using {len(best.gpus)} of the {len(gpus)} GPUs given ({best.layout.label})")
+    if best.max_len < requested and not best.problems:
+        notes.append(
+            f"max_model_len lowered from {requested} to {best.max_len}: the largest multiple of the block "
+            f"size ({kv_block_size(profile)}) whose KV cache fits next to the weights"
+            + (" (vLLM's start-up check)" if profile.model.kv_cache else "")
+        )
+    suggestions = () if not problems else _what_would_fit(profile, requested, overhead, batched)
+    where = f"{len(gpus)}x {gpus[0].name}" if nodes == 1 else f"{nodes} nodes x {len(gpus)}x {gpus[0].name}"
+    verdict = f"fits on {where}" if not problems else problems[0]
+    if best.problems and overrides.tensor_parallel_size is not None and len(best.gpus) < len(gpus):
+        # the forced TP size leaves GPUs unused: blame the TP size, not the memory of the GPUs given
+        suggestions = ()
+        verdict = (
+            f"{profile.name} does not fit at TP {best.layout.tp} (forced; {best.layout.tp} of the "
+            f"{len(gpus)} GPUs given): {best.problems[0]}; leave --tp out to let the planner choose, "
+            "or raise it"
+        )
+        problems.insert(0, verdict)
+    elif suggestions and best.problems:
+        verdict = (
+            f"{profile.name} needs more memory than {where} gives: it would fit on {_or_list(suggestions)}"
+        )
+        problems.insert(0, verdict)
+    env = dict(profile.serve.env)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid or str(g.index) for g in best.gpus)
+    env, warmup_notes = startup_env(
+        env,
+        overrides.deep_gemm_warmup or profile.serve.deep_gemm_warmup,
+        overrides.jit_cache_env,
+        uses_deep_gemm=profile.model.kv_cache is not None,  # V4's FP8 GEMMs run on DeepGEMM
+    )
+    notes += warmup_notes
+    args = vllm_args(profile, model, overrides, best.layout.tp, best.max_len, graphs, best.utilization)
+    plan = Plan(
+        profile=profile.name,
+        device="cuda",
+        fits=not problems,
+        tensor_parallel_size=best.layout.tp,
+        max_model_len=best.max_len,
+        gpu_memory_utilization=best.utilization,
+        cuda_graphs=graphs,
+        model=model,
+        gpus=best.gpus,
+        memory=best.rows,
+        args=layout_args(args, best.layout, profile),
+        env=tuple(env.items()),
+        verdict=verdict,
+        problems=tuple(problems),
+        notes=tuple(notes),
+        suggestions=suggestions,
+        kv=kv_summary(
+            kv_profile(profile, best.layout, best.max_len, batched), best.max_len, best.layout.tp, batched
+        ),
+    )
+    return with_nodes(plan, best.layout, overrides, reason(best.layout, profile, rejected))
+
+
+def _batched_tokens(profile: Profile, overrides: Overrides) -> int | None:
+    """--max-num-batched-tokens as vLLM will see it (the last one in the args wins), else the profile's."""
+    value = profile.serve.max_num_batched_tokens
+    args = (*profile.serve.extra_args, *overrides.extra_args)
+    for i, arg in enumerate(args):
+        if arg.startswith("--max-num-batched-tokens="):
+            text = arg.split("=", 1)[1]
+        elif arg == "--max-num-batched-tokens" and i + 1 < len(args):
+            text = args[i + 1]
+        else:
+            continue
+        if not text.isdigit() or int(text) < 1:
+            raise UsageError(f"--max-num-batched-tokens {text}: expected a positive whole number")
+        value = int(text)
+    return value
+
+
+def _utilization(profile: Profile, gpus: tuple[Gpu, ...], tp: int) -> tuple[float, list[str], list[str]]:
+    """vLLM refuses to start when free memory < utilization x total: lower it to what is free, and say so.
+
+    The server also needs outside_budget_bytes(tp) beyond its budget, so that much must be free too."""
+    wanted = profile.serve.gpu_memory_utilization
+    extra = outside_budget_bytes(tp)
+    short = [g for g in gpus if g.memory_free < math.ceil(wanted * g.memory_usable) + extra]
+    if not short:
+        return wanted, [], []
+    lowered = math.floor(min((g.memory_free - extra) / g.memory_usable for g in gpus) * 100) / 100
+    held = "; ".join(_short_reason(g, wanted, extra) for g in short)
+    if lowered <= 0:
+        return wanted, [], [f"no free memory: {held}"]
+    note = (
+        f"{held}: gpu_memory_utilization lowered from {wanted:g} to {lowered:g}, as vLLM refuses to start "
+        "when free memory is below utilization x total"
+    )
+    return lowered, [note], []
+
+
+def _short_reason(g: Gpu, wanted: float, extra: int) -> str:
+    """Why a GPU cannot give vLLM its budget: memory in use, or (idle) too little room beside it."""
+    used = g.memory_usable - g.memory_free
+    if used < MiB and not g.processes:
+        beside = g.memory_usable - math.ceil(wanted * g.memory_usable)
+        return (
+            f"GPU {g.index} is idle, but the {gib(beside)} beside a {wanted:g} budget is less than the "
+            f"{gib(extra)} vLLM needs there (CUDA context; NCCL at TP > 1)"
+        )
+    by = ", ".join(f"pid {p.pid} {p.name}".strip() for p in g.processes)
+    return f"GPU {g.index} has {gib(used)} in use" + (f" by {by}" if by else "")
+
+
+def _fit_memory(
+    model: Profile, gpus: tuple[Gpu, ...], layout: Layout, requested: int, overhead: int, batched: int | None
+) -> _Fit:
+    """The longest max_model_len (up to `requested`) whose KV start-up need fits next to the weights.
+    The weights per GPU follow the layout's strategy, the KV cache its (largest) pipeline stage."""
+    tp, world = layout.tp, layout.world
+    util, notes, problems = _utilization(model, gpus, world)
+    profile = kv_profile(model, layout, requested, batched)
+    block = kv_block_size(profile)
+    weights = weights_per_gpu(model, layout)
+    budgets = {g.index: math.ceil(util * g.memory_usable) for g in gpus}
+    room = min(budgets.values()) - weights - overhead
+    fit_len = kv_fit_len(profile, room, requested, tp, batched)
+    minimum = min(requested, _round_up(MIN_CONTEXT, block))
+    max_len = requested
+    if fit_len < requested:
+        if fit_len >= minimum:
+            max_len = fit_len
+        elif room <= 0:
+            problems.append(
+                f"the weights alone need {gib(weights)} per GPU at {layout.label}, plus {gib(overhead)} "
+                "overhead, "
+                f"over the {gib(min(budgets.values()))} budget ({util:g} x {gib(gpus[0].memory_usable)})"
+            )
+        else:
+            need = kv_need_bytes(profile, minimum, tp, batched)
+            problems.append(
+                f"the KV cache for {minimum} tokens needs {gib(need)} per GPU; {gib(room)} is left after "
+                f"weights and overhead"
+                + (
+                    f" (a context of {fit_len} tokens would fit: --max-model-len {fit_len})"
+                    if fit_len
+                    else ""
+                )
+            )
+    kv = kv_need_bytes(profile, max_len, tp, batched)
+    pools = {g.index: budgets[g.index] - weights - overhead for g in gpus}
+    capacity = {i: kv_capacity(profile, pool, max_len, tp, batched) for i, pool in pools.items()}
+    rows = tuple(
+        MemoryRow(
+            str(g.index),
+            g.name,
+            weights,
+            kv,
+            overhead,
+            weights + kv + overhead,
+            budgets[g.index],
+            g.memory_free,
+            expected_used=budgets[g.index] + outside_budget_bytes(world),
+            kv_capacity_tokens=capacity[g.index][0],
+            kv_capacity_seqs=capacity[g.index][1],
+            vllm_kv_tokens=capacity[g.index][2],
+            vllm_max_concurrency=capacity[g.index][3],
+        )
+        for g in gpus
+    )
+    return _Fit(layout, gpus, util, max_len, rows, tuple(problems), tuple(notes))
+
+
+def _capability_problems(profile: Profile, gpus: tuple[Gpu, ...]) -> list[str]:
+    need = profile.model.min_compute_capability
+    return [
+        f"{name} has compute capability {cc}, below the {need} that {profile.name} needs"
+        for name, cc in dict.fromkeys((g.name, g.compute_capability) for g in gpus)
+        if _cc(cc) < _cc(need)
+    ]
+
+
+def _what_would_fit(profile: Profile, requested: int, overhead: int, batched: int | None) -> tuple[str, ...]:
+    """Catalog GPUs (of a new enough compute capability) and the fewest of each that hold this model."""
+    found = []
+    util = profile.serve.gpu_memory_utilization
+    tokens = min(requested, _round_up(MIN_CONTEXT, kv_block_size(profile)))
+    for gpu in GPU_CATALOG:
+        if _cc(gpu.compute_capability) < _cc(profile.model.min_compute_capability):
+            continue
+        for tp in reversed(_divisors(profile.model.attention_heads, MAX_SUGGESTED_GPUS)):
+            need = (
+                math.ceil(profile.model.weights_bytes / tp)
+                + kv_need_bytes(profile, tokens, tp, batched)
+                + overhead
+            )
+            if need <= math.ceil(util * (gpu.memory_total - gpu.memory_reserved)):
+                # more GPUs than one node holds: that many nodes (no plan puts 16 GPUs in one node)
+                shape = f"{tp}x" if tp <= gpu.per_node else f"{tp // gpu.per_node}x{gpu.per_node}x"
+                found.append((tp, gpu.memory_total, f"{shape}{gpu.name}"))
+                break
+    return tuple(label for _, _, label in sorted(found))
+
+
+def _or_list(items) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]

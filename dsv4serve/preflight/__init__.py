@@ -1,0 +1,1 @@
+"""Preflight: from a command's options to a plan that fits (profile, GPUs, overrides) and its text."""

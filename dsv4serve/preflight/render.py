@@ -1,0 +1,145 @@
+"""What `plan` and `gpus` print: the per-GPU memory budget, verdict and command of a Plan, the NVML
+inventory; as Rich text or JSON. Secrets are masked here, never in the plan vLLM gets."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+
+def _gib(n: int) -> str:
+    from dsv4serve.hardware.inventory import gib
+
+    return gib(n, unit="") if n else "-"
+
+
+def render_plan(plan, as_json: bool = False, up: Sequence[str] = ()) -> None:
+    """The per-GPU memory budget, the verdict, notes, problems and the pasteable command (or JSON).
+    Several nodes: each node's command, and `up` + its node options to run it under dsv4serve."""
+    from dsv4serve.planning.plan import plan_to_dict, shell_line
+    from dsv4serve.redact import masked_plan
+    from dsv4serve.render import console, print_json
+
+    plan = masked_plan(plan)  # secrets (HF_TOKEN, --api-key) never shown; vLLM gets the real values
+    if as_json:
+        print_json(plan_to_dict(plan))
+        return
+    from rich.table import Table
+
+    out = console()
+    where = "CPU" if plan.device == "cpu" else f"{len(plan.gpus)}x {plan.gpus[0].name}"
+    layout = f"TP {plan.tensor_parallel_size}"
+    if len(plan.nodes) > 1:  # the table is one node's, and every node is alike
+        from dsv4serve.preflight.node_text import layout_title
+
+        where, layout = f"{len(plan.nodes)} nodes x {where} (each alike)", layout_title(plan)
+    table = Table(title=f"plan {plan.profile} on {where}: {layout}, max_model_len {plan.max_model_len}")
+    for column in ("device", "name", "weights", "KV cache", "overhead", "total", "budget", "free", "fits"):
+        table.add_column(column, justify="left" if column in ("device", "name") else "right")
+    for row in plan.memory:
+        ok = not row.budget or row.total <= row.budget
+        table.add_row(
+            row.device,
+            row.name,
+            _gib(row.weights),
+            _gib(row.kv_cache),
+            _gib(row.overhead),
+            _gib(row.total),
+            _gib(row.budget),
+            _gib(row.free),
+            "yes" if ok else "NO",
+        )
+    out.print(table)
+    if plan.device == "cuda":
+        out.print(
+            f"budget = gpu_memory_utilization {plan.gpu_memory_utilization:g} x CUDA's total memory; "
+            f"CUDA graphs {'on' if plan.cuda_graphs else 'off (--enforce-eager)'}"
+        )
+        row = plan.memory[0]
+        if row.expected_used:
+            out.print(
+                f"once running, NVML should show about {_gib(row.expected_used)} GiB used per GPU "
+                f"(vLLM fills the KV cache up to the budget)"
+            )
+        for line in _kv_lines(plan):
+            out.print(line)
+    for note in plan.notes:
+        out.print(f"note: {note}")
+    for problem in plan.problems:
+        out.print(f"problem: {problem}")
+    out.print(f"verdict: {plan.verdict}" if plan.fits else f"verdict: DOES NOT FIT: {plan.verdict}")
+    if len(plan.nodes) > 1:
+        from dsv4serve.preflight.node_text import node_lines
+
+        for line in node_lines(plan, list(up) or ["dsv4serve", "up", plan.profile]):
+            out.print(line, markup=False, crop=False, overflow="ignore")
+        return
+    if "pinned by" in plan.strategy_reason:
+        out.print(f"strategy: {plan.strategy_reason}", markup=False)
+    out.print(shell_line(plan), markup=False, crop=False, overflow="ignore")
+
+
+def _kv_lines(plan) -> list[str]:
+    """How the KV cache was sized, and what the smallest GPU's KV pool holds once running."""
+    from dsv4serve.hardware.inventory import gib
+
+    kv, lines = plan.kv, []
+    if kv and kv.block_stride:
+        lines.append(
+            f"KV cache ({kv.layout}, the same on every TP rank): {kv.block_stride:,} B per "
+            f"{kv.block_size}-token block = {kv.bytes_per_token:,.0f} B/token, plus "
+            f"{kv.fixed_blocks_per_sequence} blocks (sliding window, compressor state) per decoding sequence"
+        )
+        lines.append(
+            f"KV cache column = vLLM's start-up check: max_model_len {plan.max_model_len} with "
+            f"{kv.in_flight_tokens:,} tokens in flight needs {gib(kv.startup_need, 2)} per GPU"
+        )
+    low = min(plan.memory, key=lambda r: r.kv_capacity_tokens)
+    if low.kv_capacity_tokens:
+        lines.append(
+            f"KV cache capacity >= {low.kv_capacity_tokens:,} tokens per GPU, "
+            f"{low.kv_capacity_seqs:,} sequences of {plan.max_model_len:,} tokens at once"
+        )
+    if low.vllm_kv_tokens:  # V4: vLLM's own figures weigh its groups' blocks differently (kv_v4)
+        pool = low.budget - low.weights - low.overhead
+        lines.append(
+            f"vLLM will report: Available KV cache memory ~{gib(pool, 2)}, GPU KV cache size "
+            f"~{low.vllm_kv_tokens:,} tokens, maximum concurrency ~{low.vllm_max_concurrency:.2f}x for "
+            f"{plan.max_model_len:,}-token requests"
+        )
+    return lines
+
+
+def render_inventory(inventory, as_json: bool = False) -> None:
+    """The GPUs NVML sees: memory, compute capability and the processes on each (or JSON)."""
+    from dsv4serve.render import console, print_json
+
+    if as_json:
+        print_json(_inventory_dict(inventory))
+        return
+    from rich.table import Table
+
+    table = Table(
+        title=f"driver {inventory.driver_version}, CUDA {inventory.cuda_driver_version} (memory in GiB)"
+    )
+    for column in ("index", "name", "uuid", "total", "used", "free", "cc", "processes"):
+        table.add_column(column)
+    for g in inventory.gpus:
+        procs = ", ".join(f"{p.pid} {p.name} ({_gib(p.used)} GiB)" for p in g.processes) or "-"
+        table.add_row(
+            str(g.index),
+            g.name,
+            g.uuid,
+            _gib(g.memory_total),
+            _gib(g.memory_used),
+            _gib(g.memory_free),
+            g.compute_capability,
+            procs,
+        )
+    console().print(table)
+
+
+def _inventory_dict(inventory) -> dict:
+    from dsv4serve.hardware.inventory import gpu_to_dict
+
+    return {**dataclasses.asdict(inventory), "gpus": [gpu_to_dict(g) for g in inventory.gpus]}

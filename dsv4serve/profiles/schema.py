@@ -1,0 +1,348 @@
+"""Validation of a merged profile mapping, derived from the dataclasses' fields and type hints."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from dsv4serve.engines.vllm.flags import MIN_MODEL_LEN, profile_arg_problem
+from dsv4serve.engines.vllm.kv_cache import V4_BLOCK_SIZE
+from dsv4serve.engines.vllm.version import check_version_text
+from dsv4serve.errors import oneline
+from dsv4serve.profiles.document import KINDS, STR_HINT, Loc, LocatedList, LocatedMap, fail, join, kind
+from dsv4serve.profiles.hub_names import valid_repo_id, valid_revision
+from dsv4serve.profiles.types import GENERATED, STRATEGIES, HardwareRule, KvCache, Profile
+from dsv4serve.redact import is_secret
+
+# Fields the planner cannot work without; the dataclasses give them 0 defaults only so that
+# `extends` children may leave them out.
+REQUIRED_FACTS = ("model.layers", "model.attention_heads", "model.weights_bytes")
+REQUIRED_FACTS += ("model.kv_bytes_per_token", "model.max_context", "serve.max_model_len")
+KV_LAYOUTS = ("deepseek_v4",)
+COMPRESS_RATIOS = (0, 1, 4, 128)  # 0/1 = sliding window only, 4 = CSA (with indexer), 128 = HCA
+DEEP_GEMM_WARMUPS = ("full", "relax", "skip")  # VLLM_DEEP_GEMM_WARMUP's values
+MAX_INT = 2**63 - 1  # vLLM, safetensors and C take 64-bit integers
+# Profile fields filled by the loader, never written in YAML (`extends` is read as one name there).
+LOADER_FIELDS = ("source", "origin", "extends")
+_HINTS = {
+    bool: "write true or false",
+    int: "write a whole number without quotes, e.g. 8",
+    float: "write a number, e.g. 0.9",
+    str: STR_HINT,
+}
+
+
+def build(cls: type, raw: Any, path: str, at: Loc = ("", 0), skip: Sequence[str] = ()) -> Any:
+    """Validate a mapping against a dataclass's fields and type hints, field by field."""
+    if not isinstance(raw, LocatedMap):
+        raise fail(
+            at,
+            path or "(top level)",
+            f"expected a mapping, got {kind(raw)}",
+            f"indent the {path or 'profile'} fields under `{path.rsplit('.', 1)[-1]}:`",
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    known = sorted(fields) + (["extends"] if skip else [])
+    for key in [*raw, *raw.cleared]:  # a key an `extends` child cleared with null must exist too
+        if key not in fields:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"known fields: {', '.join(known)}"
+            raise fail(raw.where.get(key) or raw.cleared[key], join(path, key), "unknown field", hint)
+    values = {}
+    for name, f in fields.items():
+        if name in raw:
+            values[name] = _convert(raw[name], hints[name], join(path, name), raw.where[name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if name in raw.cleared:
+                raise _cleared_required(raw, name, path)
+            raise fail(
+                raw.at,
+                join(path, name),
+                "missing required field",
+                f"add `{name}:` to {path or 'the profile'}",
+            )
+    return cls(**values)
+
+
+def _cleared_required(section: LocatedMap, name: str, path: str) -> Exception:
+    """A required field an `extends` child set to null: name the null, not a missing field."""
+    return fail(
+        section.cleared[name],
+        join(path, name),
+        "null clears the inherited value, and this field is required",
+        f"give {name} a value, or remove the `{name}: null` line to keep the parent's",
+    )
+
+
+def _convert(value: Any, hint: Any, path: str, at: Loc) -> Any:
+    """Check one value against a type hint and convert YAML shapes (lists, mappings) to frozen ones."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _convert(value, next(a for a in args if a is not type(None)), path, at)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, path, at)
+    if origin is tuple and args[-1] is Ellipsis:
+        return _convert_tuple(value, args[0], path, at)
+    ok = type(value) is hint or (hint is float and type(value) is int)  # bool is not an int here
+    if not ok:
+        raise fail(at, path, f"expected {KINDS.get(hint, hint)}, got {kind(value)}", _HINTS.get(hint, ""))
+    # Every number in range here, once: later stages (plan, show, JSON) never see 10**400 or .inf.
+    if hint in (int, float) and (abs(value) > MAX_INT if type(value) is int else not math.isfinite(value)):
+        raise fail(
+            at, path, f"out of range, got {kind(value)}", f"write a finite number of at most {MAX_INT}"
+        )
+    if hint in (int, float) and value < 0:
+        raise fail(at, path, f"must not be negative, got {value}", "sizes and counts are 0 or more")
+    return float(value) if hint is float else value
+
+
+def _convert_tuple(value: Any, item: Any, path: str, at: Loc) -> tuple:
+    """A YAML list -> tuple of items; a YAML mapping -> sorted tuple of (key, value) pairs (env)."""
+    if typing.get_origin(item) is tuple:  # tuple[tuple[str, str], ...]: written as a mapping
+        if not isinstance(value, LocatedMap):
+            raise fail(at, path, f"expected a mapping, got {kind(value)}", 'write NAME: "value" lines')
+        pairs = []
+        for key, val in value.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise fail(
+                    value.where[key], join(path, key), "not a valid variable name", "use A-Z, 0-9 and _"
+                )
+            if not isinstance(val, str):
+                secret = is_secret(key)  # a token's value is never shown, not even in an error
+                raise fail(
+                    value.where[key],
+                    join(path, key),
+                    f"expected a string, got {kind(val, show=not secret)}",
+                    f'quote the value: {key}: "{"..." if secret else val}"',
+                )
+            pairs.append((key, val))
+        return tuple(sorted(pairs))
+    if not isinstance(value, LocatedList):
+        raise fail(at, path, f"expected a list, got {kind(value)}", 'write a list, e.g. ["a", "b"]')
+    return tuple(_convert(v, item, join(path, i), value.where[i]) for i, v in enumerate(value))
+
+
+def where(doc: LocatedMap, *keys: str | int) -> Loc:
+    """Where a field was written, or the nearest enclosing mapping when it was not."""
+    node, loc = doc, doc.at
+    for key in keys:
+        in_map = isinstance(node, LocatedMap) and key in node
+        in_list = isinstance(node, LocatedList) and isinstance(key, int) and key < len(node)
+        if not (in_map or in_list):
+            break
+        loc, node = node.where[key], node[key]
+    return loc
+
+
+def check(profile: Profile, doc: LocatedMap) -> None:
+    """Rules that need more than one field's type: sources, ranges, and cross-field limits."""
+    model, serve = profile.model, profile.serve
+
+    def need(ok: bool, keys: tuple[str | int, ...], problem: str, hint: str) -> None:
+        if not ok:
+            path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
+            raise fail(where(doc, *keys), path, problem, hint)
+
+    sources = [k for k in ("repo", "path", "generate") if getattr(model, k)]
+    cleared = doc["model"].cleared if isinstance(doc.get("model"), LocatedMap) else {}
+    dropped = [k for k in ("repo", "path", "generate") if k in cleared]
+    if not sources and dropped:
+        raise fail(
+            cleared[dropped[0]],
+            f"model.{dropped[0]}",
+            f"null clears the inherited {dropped[0]}, and no other source is given",
+            f"add repo: owner/name or path: /local/dir next to `{dropped[0]}: null`, or remove that line",
+        )
+    need(
+        len(sources) == 1,
+        ("model", *sources[1:2]),
+        f"needs exactly one of repo, path, generate; got {', '.join(sources) or 'none'}",
+        "keep one: repo: owner/name (hub), path: /local/dir, or generate: tiny",
+    )
+    need(
+        not model.revision or bool(model.repo),
+        ("model", "revision"),
+        "revision needs model.repo",
+        "remove revision, or serve from a hub repo",
+    )
+    need(
+        not model.repo or valid_repo_id(model.repo),
+        ("model", "repo"),
+        f"{oneline(model.repo, 100)!r} is not a hub repo id (owner/name)",
+        "e.g. deepseek-ai/DeepSeek-V4-Flash; for a local checkpoint use model.path",
+    )
+    need(
+        not model.revision or valid_revision(model.revision),
+        ("model", "revision"),
+        f"{oneline(model.revision or '', 100)!r} is not a branch, tag or commit",
+        "e.g. main, v1.0 or a 40-character commit",
+    )
+    bad_arg = profile_arg_problem(serve.extra_args)
+    if bad_arg:
+        need(False, ("serve", "extra_args", bad_arg[0]), bad_arg[1], bad_arg[2])
+    need(  # an unknown name failed only at plan time, without the file
+        not model.generate or model.generate in GENERATED,
+        ("model", "generate"),
+        f"unknown generated checkpoint {oneline(model.generate or '', 100)!r} (model.generate)",
+        f"use one of: {', '.join(sorted(GENERATED))}",
+    )
+    need(
+        serve.max_model_len >= MIN_MODEL_LEN or "max_model_len" not in doc.get("serve", {}),
+        ("serve", "max_model_len"),
+        f"{serve.max_model_len} is too short to serve a chat request",
+        f"use at least {MIN_MODEL_LEN} tokens",
+    )
+    for dotted in REQUIRED_FACTS:
+        section, name = dotted.split(".")
+        if dotted == "model.kv_bytes_per_token" and model.kv_cache is not None:
+            continue  # derived from the cache structure
+        present = isinstance(doc.get(section), LocatedMap) and name in doc[section]
+        if not present and isinstance(doc.get(section), LocatedMap) and name in doc[section].cleared:
+            raise _cleared_required(doc[section], name, section)
+        need(
+            present, (section, name), "missing required field", f"add {name} (see shared facts / config.json)"
+        )
+        need(
+            getattr(getattr(profile, section), name) > 0,
+            (section, name),
+            "must be positive",
+            "set it above 0",
+        )
+    need(
+        re.fullmatch(r"\d+\.\d+", model.min_compute_capability) is not None,
+        ("model", "min_compute_capability"),
+        f"{model.min_compute_capability!r} is not a compute capability",
+        'write it quoted, like "9.0"',
+    )
+    need(
+        model.active_params <= model.total_params,
+        ("model", "active_params"),
+        "exceeds model.total_params",
+        "active parameters are a subset of the total",
+    )
+    need(
+        0 < serve.gpu_memory_utilization <= 1,
+        ("serve", "gpu_memory_utilization"),
+        f"must be in (0, 1], got {serve.gpu_memory_utilization}",
+        "a fraction of GPU memory, e.g. 0.9",
+    )
+    need(
+        serve.max_model_len <= model.max_context,
+        ("serve", "max_model_len"),
+        f"{serve.max_model_len} exceeds model.max_context ({model.max_context})",
+        f"lower it to at most {model.max_context}",
+    )
+    need(
+        serve.block_size is None or serve.block_size > 0,
+        ("serve", "block_size"),
+        "must be positive",
+        "DeepSeek-V4 needs 256",
+    )
+    need(  # its compressed caches split a block by the ratios (up to 128): block_size 1 divided by zero
+        not model.kv_cache or serve.block_size in (None, V4_BLOCK_SIZE),
+        ("serve", "block_size"),
+        f"{serve.block_size}: DeepSeek-V4's KV cache needs {V4_BLOCK_SIZE}-token blocks",
+        f"set block_size: {V4_BLOCK_SIZE} (or leave it out)",
+    )
+    need(
+        re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", profile.name) is not None,
+        ("name",),
+        f"{profile.name!r} is not a profile name",
+        "use letters, digits, '.', '_' and '-'",
+    )
+    if model.kv_cache is not None:
+        _check_kv_cache(need, model.kv_cache, model.layers)
+    _check_serve_extras(need, serve)
+    for i, rule in enumerate(profile.hardware):
+        _check_rule(need, i, rule, model.attention_heads)
+
+
+def _check_kv_cache(need: Any, kv: KvCache, layers: int) -> None:
+    """The structured (DeepSeek-V4) cache: one known compress ratio per layer, positive sizes."""
+    at = ("model", "kv_cache")
+    need(
+        kv.layout in KV_LAYOUTS,
+        (*at, "layout"),
+        f"unknown layout {kv.layout!r}",
+        f"use {', '.join(KV_LAYOUTS)}, or drop kv_cache and give model.kv_bytes_per_token",
+    )
+    for i, ratio in enumerate(kv.compress_ratios):
+        need(
+            ratio in COMPRESS_RATIOS,
+            (*at, "compress_ratios", i),
+            f"compress ratio {ratio} is not one of {', '.join(map(str, COMPRESS_RATIOS))}",
+            "copy compress_ratios from the checkpoint's config.json (0/1 = SWA only, 4 = CSA, 128 = HCA)",
+        )
+    need(
+        any(r in (4, 128) for r in kv.compress_ratios),
+        (*at, "compress_ratios"),
+        "no compressed layer (ratio 4 or 128)",
+        "a deepseek_v4 cache has CSA/HCA layers; a model without them takes model.kv_bytes_per_token",
+    )
+    need(
+        len(kv.compress_ratios) == layers,
+        (*at, "compress_ratios"),
+        f"{len(kv.compress_ratios)} ratios for {layers} layers (model.layers)",
+        "one ratio per layer, without the MTP layers' trailing entries",
+    )
+    for name in ("sliding_window", "head_dim", "index_head_dim"):
+        need(getattr(kv, name) > 0, (*at, name), "must be positive", "copy it from config.json")
+
+
+def _check_serve_extras(need: Any, serve: Any) -> None:
+    """vLLM version floor, scheduler step size and DeepGEMM warmup mode."""
+    need(
+        serve.min_vllm_version is None or check_version_text(serve.min_vllm_version),
+        ("serve", "min_vllm_version"),
+        f"{serve.min_vllm_version!r} is not a version",
+        'write it quoted, like "0.20.0"',
+    )
+    need(
+        serve.max_num_batched_tokens is None or serve.max_num_batched_tokens > 0,
+        ("serve", "max_num_batched_tokens"),
+        "must be positive",
+        "tokens per scheduler step, e.g. 8192",
+    )
+    need(
+        serve.deep_gemm_warmup is None or serve.deep_gemm_warmup in DEEP_GEMM_WARMUPS,
+        ("serve", "deep_gemm_warmup"),
+        f"{serve.deep_gemm_warmup!r} is not a warmup mode",
+        f"use one of {', '.join(DEEP_GEMM_WARMUPS)}",
+    )
+
+
+def _check_rule(need: Any, i: int, rule: HardwareRule, heads: int) -> None:
+    """A hardware rule must describe a layout vLLM can start."""
+    tp = rule.tensor_parallel_size
+    need(rule.gpus > 0, ("hardware", i, "gpus"), "must be positive", "the number of GPUs this rule is for")
+    need(rule.nodes > 0, ("hardware", i, "nodes"), "must be positive", "nodes of `gpus` GPUs each, e.g. 2")
+    need(rule.min_vram_gib > 0, ("hardware", i, "min_vram_gib"), "must be positive", "GiB per GPU, e.g. 75")
+    need(tp > 0, ("hardware", i, "tensor_parallel_size"), "must be positive", "usually the GPU count")
+    total = rule.gpus * rule.nodes  # TP may span nodes (TP 16 over 2 nodes of 8)
+    need(
+        tp <= total and total % tp == 0,
+        ("hardware", i, "tensor_parallel_size"),
+        f"{tp} does not divide the {total} GPUs of hardware[{i}] (gpus x nodes)",
+        "use the GPU count or a divisor of it",
+    )
+    need(
+        rule.strategy is None or rule.strategy in STRATEGIES,
+        ("hardware", i, "strategy"),
+        f"{rule.strategy!r} is not a strategy",
+        f"use one of {', '.join(STRATEGIES)}",
+    )
+    need(
+        heads % tp == 0,
+        ("hardware", i, "tensor_parallel_size"),
+        f"{tp} does not divide model.attention_heads ({heads})",
+        "vLLM splits attention heads evenly over TP",
+    )
