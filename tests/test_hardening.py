@@ -63,6 +63,13 @@ BAD_VALUES = [
     ("nested-990", "description: " + "[" * 990 + "]" * 990, "description", 3),
     ("nested-1000", "description: " + "[" * 1000 + "]" * 1000, "", 3),
     ("key-not-string", "serve: {[a]: 1}", "serve", 3),
+    # issue 23: a tag whose constructor fails inside PyYAML (an AttributeError, not a ValueError)
+    ("empty-timestamp", "serve:\n  kv_cache_dtype: !!timestamp\n", "serve.kv_cache_dtype", 4),
+    ("timestamp-int", "model:\n  kv_cache:\n    head_dim: !!timestamp 512\n", "model.kv_cache.head_dim", 5),
+    ("custom-tag", "serve: {dtype: !x bf16}", "", 3),
+    ("binary-garbage", "serve: {dtype: !!binary '%%%'}", "", 3),
+    ("set-on-scalar", "serve: {dtype: !!set x}", "", 3),
+    ("omap-on-map", "serve: {dtype: !!omap {a: 1}}", "serve.dtype", 3),
 ]
 
 

@@ -123,21 +123,25 @@ class MarkedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml pa
         return out
 
     def _scalar(self, node: yaml.Node, at: Loc, path: str) -> Any:
-        """A scalar as YAML types it; a value its tag cannot hold (!!int abc, 2024-13-45) is an error."""
+        """A scalar as YAML types it; a value its tag cannot hold (!!int abc, 2024-13-45, an empty
+        !!timestamp) is an error. Any failure of a constructor, not only the ones PyYAML means to raise:
+        `!!timestamp` with no date in it fails with an AttributeError inside PyYAML."""
         try:
             return self.construct_object(node, deep=True)
         except yaml.YAMLError:
             raise
-        except (ValueError, TypeError, LookupError, ArithmeticError) as err:
+        except Exception as err:
             kind_ = node.tag.rsplit(":", 1)[-1]
             text = str(node.value)
+            # PyYAML's own words only where they say what is wrong (month must be in 1..12)
+            why = f" ({oneline(err, 80)})" if isinstance(err, (ValueError, ArithmeticError)) else ""
             if kind_ == "int" and len(text) > 30:
                 problem = f"a {len(text)}-character integer is far too large"
             elif is_secret(path.rsplit(".", 1)[-1]):  # HF_TOKEN: !!int hf_x: never show a secret
                 problem = f"the value is not a valid YAML {kind_}"
             else:
                 shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
-                problem = f"{shown} is not a valid YAML {kind_} ({oneline(err, 80)})"
+                problem = f"{shown} is not a valid YAML {kind_}{why}"
             raise fail(
                 at, path or "(top level)", problem, f"quote it if it is text, or write a valid {kind_}"
             ) from None
