@@ -102,6 +102,19 @@ def _listed_group(info):
     return listed
 
 
+def _click_message(err, ctx) -> str:
+    """Click's words, but an unknown option always says what it resembles: "did you mean --hardware?"."""
+    if type(err).__name__ != "NoSuchOption" or ctx is None:
+        return err.format_message()
+    import difflib
+
+    known = [opt for param in ctx.command.params for opt in (*param.opts, *param.secondary_opts)]
+    close = list(getattr(err, "possibilities", None) or ())
+    close = close or difflib.get_close_matches(err.option_name, known)
+    guess = f"; did you mean {' or '.join(sorted(close)[:3])}?" if close else ""
+    return f"no such option: {err.option_name}{guess}"
+
+
 def _wants_json(args: list[str]) -> bool:
     """--json among dsv4serve's own arguments (those after `--` go to vLLM)."""
     own = args[: args.index("--")] if "--" in args else args
@@ -153,7 +166,13 @@ def main(argv: list[str] | None = None) -> None:
             err.show()
             sys.exit(EXIT_USAGE)
         ctx = getattr(err, "ctx", None)
-        fail(err.format_message(), f"see `{ctx.command_path if ctx else 'dsv4serve'} --help`", EXIT_USAGE)
+        hint = f"see `{ctx.command_path if ctx else 'dsv4serve'} --help`"
+        if ctx is not None and type(err).__name__ == "NoSuchOption" and "--" not in args:
+            from dsv4serve.commands.options import PassThrough
+
+            if isinstance(ctx.command, PassThrough):  # plan/up: the user may have meant a vLLM flag
+                hint += f"; a vLLM flag goes after `--`: {ctx.command_path} ... -- {err.option_name}"
+        fail(_click_message(err, ctx), hint, EXIT_USAGE)
     except (KeyboardInterrupt, typer.Abort):
         sys.exit(EXIT_SIGNAL_BASE + 2)
     except SystemExit as stop:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dsv4serve import __version__
@@ -62,3 +64,49 @@ def test_up_talks_to_the_served_name_vllm_will_use(extra):
     _, spec = prepare_launch("tiny", extra_args=extra)
     assert spec.served_model_name == "mine"
     assert spec.argv[-len(extra) :] == tuple(extra)
+
+
+def _every_command() -> list[list[str]]:
+    """Every command path of the app (groups' subcommands included), as built for the user."""
+    import typer
+
+    from dsv4serve.cli import app
+
+    def walk(group, prefix):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from walk(command, [*prefix, name])
+            else:
+                yield [*prefix, name]
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_every_command_is_listed():
+    paths = {" ".join(p) for p in _every_command()}
+    assert {"plan", "up", "smoke", "download", "profiles list", "route", "export", "stop"} <= paths
+
+
+@pytest.mark.parametrize("path", _every_command(), ids=" ".join)
+def test_a_typo_in_an_option_fails_at_once_on_every_command(run_cli, path):
+    result = run_cli(*path, "--bogus-flag")
+    said = result.stdout + result.stderr
+    assert result.exit_code == 2, said
+    assert "no such option: --bogus-flag" in said and "Traceback" not in said
+
+
+def test_a_near_miss_says_what_it_resembles(run_cli):
+    result = run_cli("plan", "tiny", "--hardwar", "1xH200")
+    assert result.exit_code == 2
+    assert "did you mean --hardware?" in result.stderr
+    assert "a vLLM flag goes after `--`" in result.stderr  # plan passes args after -- to vLLM
+
+
+@pytest.mark.parametrize("command", ["plan", "up"])
+def test_only_args_after_the_double_dash_reach_vllm(run_cli, command):
+    extra = ["--dry-run"] if command == "up" else []
+    assert run_cli(command, "tiny", *extra, "stray").exit_code == 2  # a stray word before --
+    result = run_cli(command, "tiny", *extra, "--json", "--", "--seed", "7", "--bogus-flag")
+    assert result.exit_code == 0, result.stdout
+    argv = json.loads(result.stdout)["argv"]
+    assert argv[-3:] == ["--seed", "7", "--bogus-flag"]

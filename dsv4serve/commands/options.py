@@ -5,6 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand
+
+
+class PassThrough(TyperCommand):
+    """A command whose args after `--` go to the engine (ctx.args) and only those: an unknown option or a
+    stray word before `--` is a usage error at once (click's "No such option", with "Did you mean")."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        cut = args.index("--") if "--" in args else len(args)
+        super().parse_args(ctx, args[:cut])
+        ctx.args = list(args[cut + 1 :])
+        return ctx.args
+
 
 ProfileArg = Annotated[
     str, typer.Argument(help="Profile name (see `dsv4serve profiles list`) or a YAML path.")

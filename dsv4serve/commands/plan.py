@@ -17,6 +17,7 @@ from dsv4serve.commands.options import (
     MasterPortOpt,
     MaxModelLenOpt,
     NodesOpt,
+    PassThrough,
     PortOpt,
     ProfileArg,
     ProfileDirOpt,
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
 
         render_inventory(read_inventory(), as_json)
 
-    @app.command("plan", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @app.command("plan", cls=PassThrough)
     def plan_command(
         ctx: typer.Context,
         profile: ProfileArg,

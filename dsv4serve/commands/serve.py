@@ -24,6 +24,7 @@ from dsv4serve.commands.options import (
     NameOpt,
     NodeRankOpt,
     NodesOpt,
+    PassThrough,
     PortOpt,
     ProfileArg,
     ProfileDirOpt,
@@ -60,9 +61,7 @@ NoDownloadOpt = Annotated[
 
 
 def register(app: typer.Typer) -> None:
-    extra = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-    @app.command("up", context_settings=extra)
+    @app.command("up", cls=PassThrough)
     def up_command(
         ctx: typer.Context,
         profile: ProfileArg,

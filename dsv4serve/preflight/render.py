@@ -18,14 +18,12 @@ def render_plan(plan, as_json: bool = False, up: Sequence[str] = ()) -> None:
     Several nodes: each node's command, and `up` + its node options to run it under dsv4serve."""
     from dsv4serve.planning.plan import plan_to_dict, shell_line
     from dsv4serve.redact import masked_plan
-    from dsv4serve.render import console, print_json
+    from dsv4serve.render import console, print_json, text_table
 
     plan = masked_plan(plan)  # secrets (HF_TOKEN, --api-key) never shown; vLLM gets the real values
     if as_json:
         print_json(plan_to_dict(plan))
         return
-    from rich.table import Table
-
     out = console()
     where = "CPU" if plan.device == "cpu" else f"{len(plan.gpus)}x {plan.gpus[0].name}"
     layout = f"TP {plan.tensor_parallel_size}"
@@ -33,23 +31,26 @@ def render_plan(plan, as_json: bool = False, up: Sequence[str] = ()) -> None:
         from dsv4serve.preflight.node_text import layout_title
 
         where, layout = f"{len(plan.nodes)} nodes x {where} (each alike)", layout_title(plan)
-    table = Table(title=f"plan {plan.profile} on {where}: {layout}, max_model_len {plan.max_model_len}")
-    for column in ("device", "name", "weights", "KV cache", "overhead", "total", "budget", "free", "fits"):
-        table.add_column(column, justify="left" if column in ("device", "name") else "right")
+    title = f"plan {plan.profile} on {where}: {layout}, max_model_len {plan.max_model_len}"
+    names = ("device", "name", "weights", "KV cache", "overhead", "total", "budget", "free", "fits")
+    columns = [(name, "left" if name in ("device", "name") else "right") for name in names]
+    rows = []
     for row in plan.memory:
         ok = not row.budget or row.total <= row.budget
-        table.add_row(
-            row.device,
-            row.name,
-            _gib(row.weights),
-            _gib(row.kv_cache),
-            _gib(row.overhead),
-            _gib(row.total),
-            _gib(row.budget),
-            _gib(row.free),
-            "yes" if ok else "NO",
+        rows.append(
+            (
+                row.device,
+                row.name,
+                _gib(row.weights),
+                _gib(row.kv_cache),
+                _gib(row.overhead),
+                _gib(row.total),
+                _gib(row.budget),
+                _gib(row.free),
+                "yes" if ok else "NO",
+            )
         )
-    out.print(table)
+    out.print(text_table(title, columns, rows), markup=False, crop=False, overflow="ignore")
     if plan.device == "cuda":
         out.print(
             f"budget = gpu_memory_utilization {plan.gpu_memory_utilization:g} x CUDA's total memory; "
