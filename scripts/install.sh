@@ -25,5 +25,5 @@ else
   fi
 fi
 # kubernetes-validate and jsonschema: the real validators of `dsv4serve export`'s output (tests/test_export.py).
-pip install -q pytest pytest-timeout ruff openai "hypothesis>=6.100" "kubernetes-validate>=1.30" "jsonschema>=4.18"
+pip install -q pytest pytest-timeout ruff openai "hypothesis>=6.100" "import-linter>=2.1" "kubernetes-validate>=1.30" "jsonschema>=4.18"
 "$VENV/bin/python" -c 'import dsv4serve, vllm; print("installed dsv4serve", dsv4serve.__version__, "with vllm", vllm.__version__)'

@@ -8,7 +8,7 @@ compatible_strategies): one node TP, TP+EP or DP+EP; several nodes TP+EP or DP+E
   (attention, shared experts, embeddings) sit on every GPU, the routed experts are spread over all.
 - tp-pp: TP within each node, pipeline parallel across nodes: a stage holds its layers only, and its
   KV cache is its layers' (vLLM's get_pp_indices decides which).
-The V4 KV cache is never divided by TP (memory_model.KV_CACHE_SPLIT_ACROSS_TP): every rank, TP or DP,
+The V4 KV cache is never divided by TP (planning.memory.KV_CACHE_SPLIT_ACROSS_TP): every rank, TP or DP,
 holds the whole per-GPU cache of its own sequences, so vLLM's start-up check is per GPU in every case.
 """
 

@@ -58,7 +58,8 @@ class MemoryRow:
     kv_capacity_tokens: int = 0
     kv_capacity_seqs: int = 0  # sequences of max_model_len this GPU's KV cache holds at once
     # DeepSeek-V4: what vLLM 0.26 will log for that pool, "GPU KV cache size: N tokens" and "Maximum
-    # concurrency for max_model_len tokens per request: X x" (kv_v4.V4Layout.vllm_report); 0 elsewhere.
+    # concurrency for max_model_len tokens per request: X x" (engines.vllm.kv_cache.V4Layout.vllm_report);
+    # 0 elsewhere.
     vllm_kv_tokens: int = 0
     vllm_max_concurrency: float = 0.0
 

@@ -16,7 +16,8 @@ def _gib(n: int) -> str:
 def render_plan(plan, as_json: bool = False, up: Sequence[str] = ()) -> None:
     """The per-GPU memory budget, the verdict, notes, problems and the pasteable command (or JSON).
     Several nodes: each node's command, and `up` + its node options to run it under dsv4serve."""
-    from dsv4serve.planning.plan import plan_to_dict, shell_line
+    from dsv4serve.engines.vllm.argv import shell_line
+    from dsv4serve.planning.plan import plan_to_dict
     from dsv4serve.redact import masked_plan
     from dsv4serve.render import console, print_json, text_table
 
@@ -101,7 +102,7 @@ def _kv_lines(plan) -> list[str]:
             f"KV cache capacity >= {low.kv_capacity_tokens:,} tokens per GPU, "
             f"{low.kv_capacity_seqs:,} sequences of {plan.max_model_len:,} tokens at once"
         )
-    if low.vllm_kv_tokens:  # V4: vLLM's own figures weigh its groups' blocks differently (kv_v4)
+    if low.vllm_kv_tokens:  # V4: vLLM's own figures weigh its groups' blocks differently (engines.vllm.kv_cache)
         pool = low.budget - low.weights - low.overhead
         lines.append(
             f"vLLM will report: Available KV cache memory ~{gib(pool, 2)}, GPU KV cache size "

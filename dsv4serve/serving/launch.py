@@ -3,7 +3,7 @@
 The only place that starts processes. vLLM runs in its own session/process group with its own TMPDIR;
 its output is drained by a thread (an unread pipe kills vLLM while it loads) into a log file, a tail
 buffer and the caller's callback. A watchdog outside the group stops the group if dsv4serve dies.
-What counts as ready, and how long to wait for it, is launch_ready's.
+What counts as ready, and how long to wait for it, is serving.ready's.
 """
 
 from __future__ import annotations
