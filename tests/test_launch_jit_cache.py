@@ -9,9 +9,9 @@ import stat
 import pytest
 
 from dsv4serve.engines.vllm import jit_cache
+from dsv4serve.engines.vllm.argv import shell_line
 from dsv4serve.errors import LaunchError, UsageError
 from dsv4serve.hardware.inventory import parse_hardware
-from dsv4serve.engines.vllm.argv import shell_line
 from dsv4serve.planning.plan import make_plan
 from dsv4serve.planning.types import Overrides
 from dsv4serve.profiles.load import load_profile

@@ -102,7 +102,9 @@ def _kv_lines(plan) -> list[str]:
             f"KV cache capacity >= {low.kv_capacity_tokens:,} tokens per GPU, "
             f"{low.kv_capacity_seqs:,} sequences of {plan.max_model_len:,} tokens at once"
         )
-    if low.vllm_kv_tokens:  # V4: vLLM's own figures weigh its groups' blocks differently (engines.vllm.kv_cache)
+    if (
+        low.vllm_kv_tokens
+    ):  # V4: vLLM's own figures weigh its groups' blocks differently (engines.vllm.kv_cache)
         pool = low.budget - low.weights - low.overhead
         lines.append(
             f"vLLM will report: Available KV cache memory ~{gib(pool, 2)}, GPU KV cache size "
