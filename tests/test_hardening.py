@@ -70,6 +70,15 @@ BAD_VALUES = [
     ("binary-garbage", "serve: {dtype: !!binary '%%%'}", "", 3),
     ("set-on-scalar", "serve: {dtype: !!set x}", "", 3),
     ("omap-on-map", "serve: {dtype: !!omap {a: 1}}", "serve.dtype", 3),
+    # issue 23: numbers in text, bounded before int() (which refuses past 4,300 digits, and takes '٩')
+    (
+        "cc-5000-digits",
+        "model: {min_compute_capability: '" + "1" * 5000 + ".0'}",
+        "model.min_compute_capability",
+        3,
+    ),
+    ("cc-arabic-digits", "model: {min_compute_capability: '٩.٠'}", "model.min_compute_capability", 3),
+    ("version-5000-digits", "serve: {min_vllm_version: '" + "1" * 5000 + ".0'}", "serve.min_vllm_version", 3),
 ]
 
 

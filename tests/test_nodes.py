@@ -511,3 +511,17 @@ def test_fingerprints_agree_for_the_same_plan_only():
     b = plan_for("pro", "2x8xH100-80GB", master_addr="10.0.0.9")
     c = plan_for("pro", "2x8xH200")
     assert fingerprint(a) == fingerprint(b) and fingerprint(a)[0] != fingerprint(c)[0]
+
+
+@pytest.mark.parametrize("rank", ["²", "1" * 4000, "-1", ""])
+def test_a_hello_with_no_count_in_it_is_refused_and_the_head_keeps_listening(rank):
+    head, worker, said = link_pair()
+    head.start()
+    with socket.create_connection(("127.0.0.1", head.port), timeout=5) as sock:
+        sock.sendall(f"HELLO {rank} 2 f1 pro\n".encode())
+        assert sock.recv(4096).decode().startswith("NO not a dsv4serve worker node")
+    worker.start()  # the refusal did not stop the head from taking the real worker
+    assert wait_for(lambda: any("joined" in s for s in said))
+    worker.close()
+    head.stop("done")
+    head.close()

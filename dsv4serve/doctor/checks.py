@@ -88,7 +88,8 @@ def check_gpus(profile=None) -> tuple[Check, ...]:
         return driver, Check("gpus", status, "NVML shows no GPU", hint, EXIT_NO_FIT if gpu_only else EXIT_OK)
     names = ", ".join(f"{g.index}: {g.name} (cc {g.compute_capability})" for g in inventory.gpus)
     need = profile.model.min_compute_capability if profile is not None else "0.0"
-    low = [g for g in inventory.gpus if _cc(g.compute_capability) < _cc(need)]
+    floor = hardware.capability_key(need)
+    low = [g for g in inventory.gpus if hardware.capability_key(g.compute_capability) < floor]
     if low and profile is not None and len(low) == len(inventory.gpus) and gpu_only:
         return driver, Check(
             "gpus",
@@ -103,13 +104,6 @@ def check_gpus(profile=None) -> tuple[Check, ...]:
             "gpus", WARN, f"{names}; GPU {shown} below compute capability {need}", "choose others with --gpus"
         )
     return driver, Check("gpus", OK, f"{len(inventory.gpus)} GPU(s): {names}")
-
-
-def _cc(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.split("."))
-    except ValueError:
-        return (0,)
 
 
 def check_vllm(profile=None, paths: Sequence[str] | None = None) -> Check:

@@ -183,6 +183,19 @@ def _count(text: str) -> int:
     return int(text) if len(text) <= 5 else MAX_GPUS + 1
 
 
+# A compute capability as profiles and --hardware write it, "9.0": a few ASCII digits a side, so that
+# int() never meets '٣' or a 5,000-digit part (it refuses past 4,300 digits).
+CAPABILITY_RE = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
+
+
+def capability_key(text: str) -> tuple[int, ...]:
+    """A compute capability ("9.0", "10.0") as a sortable (major, minor); (0,) when it is not one."""
+    if not CAPABILITY_RE.fullmatch(text):
+        return (0,)
+    major, minor = text.split(".")
+    return (int(major), int(minor))
+
+
 def quoted(text: str, limit: int = 60) -> str:
     """User text in a one-line message: quoted, control characters escaped, cut when long."""
     return repr(text) if len(text) <= limit else repr(text[: limit - 3]) + "..."

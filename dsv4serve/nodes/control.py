@@ -84,6 +84,12 @@ class _Peer:
         self._on_close(why)
 
 
+def _is_count(text: str) -> bool:
+    """A rank or node count as a worker sends it: a few ASCII digits (str.isdigit() takes '²', which
+    int() refuses, and a 4,000-digit number is no count)."""
+    return text.isascii() and text.isdigit() and len(text) <= 5
+
+
 class HeadLink:
     """The head's side: accepts workers, checks them, beats, and says READY and STOP."""
 
@@ -198,7 +204,7 @@ class HeadLink:
         self._say("started", f"worker node {rank} joined from {addr} ({joined} of {self.nnodes} nodes)")
 
     def _refusal(self, hello: list[str]) -> str:
-        if len(hello) < 4 or hello[0] != "HELLO" or not hello[1].isdigit() or not hello[2].isdigit():
+        if len(hello) < 4 or hello[0] != "HELLO" or not (_is_count(hello[1]) and _is_count(hello[2])):
             return "not a dsv4serve worker node"
         rank, nnodes = int(hello[1]), int(hello[2])
         summary = hello[4] if len(hello) > 4 else "?"

@@ -11,9 +11,10 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 
 from dsv4serve.engines.vllm.argv import command, shell_line, vllm_args
+from dsv4serve.engines.vllm.flags import read_tokens
 from dsv4serve.engines.vllm.jit_cache import startup_env
-from dsv4serve.errors import HardwareError, UsageError
-from dsv4serve.hardware.inventory import GPU_CATALOG, Gpu, MiB, gib, gpu_to_dict
+from dsv4serve.errors import HardwareError, UsageError, oneline
+from dsv4serve.hardware.inventory import GPU_CATALOG, Gpu, MiB, capability_key, gib, gpu_to_dict
 from dsv4serve.planning.cpu import plan_cpu
 from dsv4serve.planning.memory import (
     ACTIVATION_BYTES,
@@ -92,10 +93,6 @@ def plan_to_dict(plan: Plan) -> dict:
     for key in ("args", "problems", "notes", "suggestions"):
         data[key] = list(data[key])
     return data
-
-
-def _cc(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(".") if part.isdigit())
 
 
 def _round_up(value: int, block: int) -> int:
@@ -256,9 +253,13 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
 
 
 def _batched_tokens(profile: Profile, overrides: Overrides) -> int | None:
-    """--max-num-batched-tokens as vLLM will see it (the last one in the args wins), else the profile's."""
+    """--max-num-batched-tokens as vLLM will see it (the last one before a `--` wins), else the profile's.
+
+    Read as the flag's own check reads it (flags.read_tokens: ASCII digits, 13 at most, or 128K); not
+    str.isdigit(), which takes '²' (int() refuses it) and 5,000 digits (int() refuses past 4,300)."""
     value = profile.serve.max_num_batched_tokens
     args = (*profile.serve.extra_args, *overrides.extra_args)
+    args = args[: args.index("--")] if "--" in args else args  # after it, argparse reads no flag
     for i, arg in enumerate(args):
         if arg.startswith("--max-num-batched-tokens="):
             text = arg.split("=", 1)[1]
@@ -266,9 +267,12 @@ def _batched_tokens(profile: Profile, overrides: Overrides) -> int | None:
             text = args[i + 1]
         else:
             continue
-        if not text.isdigit() or int(text) < 1:
-            raise UsageError(f"--max-num-batched-tokens {text}: expected a positive whole number")
-        value = int(text)
+        tokens = read_tokens(text)
+        if tokens is None:
+            raise UsageError(
+                f"--max-num-batched-tokens {oneline(text, 60)}: expected a number of tokens (e.g. 8192)"
+            )
+        value = tokens
     return value
 
 
@@ -369,7 +373,7 @@ def _capability_problems(profile: Profile, gpus: tuple[Gpu, ...]) -> list[str]:
     return [
         f"{name} has compute capability {cc}, below the {need} that {profile.name} needs"
         for name, cc in dict.fromkeys((g.name, g.compute_capability) for g in gpus)
-        if _cc(cc) < _cc(need)
+        if capability_key(cc) < capability_key(need)
     ]
 
 
@@ -379,7 +383,7 @@ def _what_would_fit(profile: Profile, requested: int, overhead: int, batched: in
     util = profile.serve.gpu_memory_utilization
     tokens = min(requested, _round_up(MIN_CONTEXT, kv_block_size(profile)))
     for gpu in GPU_CATALOG:
-        if _cc(gpu.compute_capability) < _cc(profile.model.min_compute_capability):
+        if capability_key(gpu.compute_capability) < capability_key(profile.model.min_compute_capability):
             continue
         for tp in reversed(_divisors(profile.model.attention_heads, MAX_SUGGESTED_GPUS)):
             need = (

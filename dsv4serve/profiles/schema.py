@@ -15,6 +15,7 @@ from dsv4serve.engines.vllm.flags import MIN_MODEL_LEN, profile_arg_problem
 from dsv4serve.engines.vllm.kv_cache import V4_BLOCK_SIZE
 from dsv4serve.engines.vllm.version import check_version_text
 from dsv4serve.errors import oneline
+from dsv4serve.hardware.inventory import CAPABILITY_RE
 from dsv4serve.profiles.document import KINDS, STR_HINT, Loc, LocatedList, LocatedMap, fail, join, kind
 from dsv4serve.profiles.hub_names import valid_repo_id, valid_revision
 from dsv4serve.profiles.types import GENERATED, STRATEGIES, HardwareRule, KvCache, Profile
@@ -131,6 +132,18 @@ def _convert_tuple(value: Any, item: Any, path: str, at: Loc) -> tuple:
     return tuple(_convert(v, item, join(path, i), value.where[i]) for i, v in enumerate(value))
 
 
+def shown(text: str) -> str:
+    """User text quoted in an error: control characters escaped, cut when long."""
+    return repr(oneline(text, 60))
+
+
+def not_a(text: str, what: str) -> str:
+    """The problem of a value that is not `what`; a huge one (5,000 digits) by its length alone."""
+    if len(text) > 60:
+        return f"a {len(text)}-character value is not {what}"
+    return f"{shown(text)} is not {what}"
+
+
 def where(doc: LocatedMap, *keys: str | int) -> Loc:
     """Where a field was written, or the nearest enclosing mapping when it was not."""
     node, loc = doc, doc.at
@@ -218,9 +231,9 @@ def check(profile: Profile, doc: LocatedMap) -> None:
             "set it above 0",
         )
     need(
-        re.fullmatch(r"\d+\.\d+", model.min_compute_capability) is not None,
+        CAPABILITY_RE.fullmatch(model.min_compute_capability) is not None,
         ("model", "min_compute_capability"),
-        f"{model.min_compute_capability!r} is not a compute capability",
+        not_a(model.min_compute_capability, "a compute capability"),
         'write it quoted, like "9.0"',
     )
     need(
@@ -256,7 +269,7 @@ def check(profile: Profile, doc: LocatedMap) -> None:
     need(
         re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", profile.name) is not None,
         ("name",),
-        f"{profile.name!r} is not a profile name",
+        not_a(profile.name, "a profile name"),
         "use letters, digits, '.', '_' and '-'",
     )
     if model.kv_cache is not None:
@@ -272,7 +285,7 @@ def _check_kv_cache(need: Any, kv: KvCache, layers: int) -> None:
     need(
         kv.layout in KV_LAYOUTS,
         (*at, "layout"),
-        f"unknown layout {kv.layout!r}",
+        f"unknown layout {shown(kv.layout)}",
         f"use {', '.join(KV_LAYOUTS)}, or drop kv_cache and give model.kv_bytes_per_token",
     )
     for i, ratio in enumerate(kv.compress_ratios):
@@ -303,7 +316,7 @@ def _check_serve_extras(need: Any, serve: Any) -> None:
     need(
         serve.min_vllm_version is None or check_version_text(serve.min_vllm_version),
         ("serve", "min_vllm_version"),
-        f"{serve.min_vllm_version!r} is not a version",
+        not_a(serve.min_vllm_version or "", "a version"),
         'write it quoted, like "0.20.0"',
     )
     need(
@@ -315,7 +328,7 @@ def _check_serve_extras(need: Any, serve: Any) -> None:
     need(
         serve.deep_gemm_warmup is None or serve.deep_gemm_warmup in DEEP_GEMM_WARMUPS,
         ("serve", "deep_gemm_warmup"),
-        f"{serve.deep_gemm_warmup!r} is not a warmup mode",
+        not_a(serve.deep_gemm_warmup or "", "a warmup mode"),
         f"use one of {', '.join(DEEP_GEMM_WARMUPS)}",
     )
 
@@ -337,7 +350,7 @@ def _check_rule(need: Any, i: int, rule: HardwareRule, heads: int) -> None:
     need(
         rule.strategy is None or rule.strategy in STRATEGIES,
         ("hardware", i, "strategy"),
-        f"{rule.strategy!r} is not a strategy",
+        not_a(rule.strategy or "", "a strategy"),
         f"use one of {', '.join(STRATEGIES)}",
     )
     need(

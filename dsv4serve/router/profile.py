@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dsv4serve.errors import ProfileError
 from dsv4serve.profiles.document import LocatedMap, fail, read_document
-from dsv4serve.profiles.schema import build, where  # the model profiles' own helpers
+from dsv4serve.profiles.schema import build, not_a, where  # the model profiles' own helpers
 
 ROUTES = ("flash", "pro")
 LEVELS = ("simple", "complex")  # the classifier's answers; complex goes to Pro
@@ -134,7 +134,7 @@ def _check(profile: RouterProfile, doc: LocatedMap) -> None:
     need(
         c.method in METHODS,
         ("classifier", "method"),
-        f"{c.method!r} is not a method",
+        not_a(c.method, "a method"),
         f"one of {', '.join(METHODS)} (each uses vLLM's structured output)",
     )
     need(
@@ -155,7 +155,7 @@ def _check(profile: RouterProfile, doc: LocatedMap) -> None:
         need(
             re.fullmatch(r"[a-z0-9][a-z0-9_-]*", rule.name) is not None,
             ("rules", i, "name"),
-            f"{rule.name!r} is not a rule name",
+            not_a(rule.name, "a rule name"),
             "lower-case letters, digits, '-' and '_' (it becomes the reason rule:<name>)",
         )
         need(
@@ -165,7 +165,7 @@ def _check(profile: RouterProfile, doc: LocatedMap) -> None:
             "give each rule its own name",
         )
         seen[rule.name] = i
-        need(rule.route in ROUTES, ("rules", i, "route"), f"{rule.route!r} is not a route", "flash or pro")
+        need(rule.route in ROUTES, ("rules", i, "route"), not_a(rule.route, "a route"), "flash or pro")
         w = rule.when
         given = [w.tools is not None, w.endpoint is not None, w.min_chars is not None]
         given += [w.max_chars is not None, bool(w.contains)]
@@ -173,7 +173,7 @@ def _check(profile: RouterProfile, doc: LocatedMap) -> None:
         need(
             w.endpoint is None or w.endpoint in ENDPOINTS,
             ("rules", i, "when", "endpoint"),
-            f"{w.endpoint!r} is not an endpoint",
+            not_a(w.endpoint or "", "an endpoint"),
             "chat or completions",
         )
         need(

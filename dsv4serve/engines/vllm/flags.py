@@ -148,7 +148,7 @@ def _value(flag: Flag, name: str, raw: str):
             raise UsageError(f"{shown}: expected a whole number from 1 to 1024")
         return int(raw)
     if flag.takes == "len":
-        tokens = _tokens(raw)
+        tokens = read_tokens(raw)
         if tokens is None:
             raise UsageError(
                 f"{shown}: expected a number of tokens (e.g. 131072 or 128K)",
@@ -156,8 +156,8 @@ def _value(flag: Flag, name: str, raw: str):
             )
         return tokens
     if flag.takes == "fraction":
-        try:
-            value = float(raw)
+        try:  # bounded: a fraction is a few characters, never a 10,000-digit text to convert
+            value = float(raw) if len(raw) <= 32 else math.nan
         except ValueError:
             value = math.nan
         if not (math.isfinite(value) and 0 < value <= 1):
@@ -172,7 +172,7 @@ def _value(flag: Flag, name: str, raw: str):
     return raw
 
 
-def _tokens(raw: str) -> int | None:
+def read_tokens(raw: str) -> int | None:
     """vLLM's human-readable integers (131072, 128K = 131072, 128k = 128000), bounded; None if not one."""
     if _INT_RE.fullmatch(raw):
         value = int(raw)

