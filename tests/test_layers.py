@@ -67,3 +67,21 @@ def test_an_upward_import_or_a_circle_breaks_a_contract(tmp_path, module, line, 
     assert result.returncode != 0
     assert f"{broken} BROKEN" in result.stdout
     assert f"Contracts: {summary}." in result.stdout
+
+
+def test_the_vllm_engine_serves_the_shared_interface():
+    """The launch and the plan reach vLLM through engines.base: same argv, log reader and version."""
+    from dsv4serve.engines import base
+    from dsv4serve.engines.vllm import startup_log, version
+
+    engine = base.get_engine("vllm")
+    assert engine.name == "vllm" and engine.main[-1] == "serve"
+    assert engine.command(("m", "--seed", "7")) == ("vllm", "serve", "m", "--seed", "7")
+    assert engine.installed_version() == version.installed_vllm_version()
+    reader = engine.log_reader()
+    steps = reader.feed(b"INFO Loading safetensors checkpoint shards\n", now=1.0)
+    assert [s.log for s in steps] == ["INFO Loading safetensors checkpoint shards"]
+    assert engine.exit_hint("CUDA out of memory") == startup_log.exit_hint("CUDA out of memory")
+    assert engine.arg_problem(("--tensor-parallel-size", "2"))[0] == 0  # the planner's flag: refused
+    with pytest.raises(Exception, match="unknown engine 'sglang'"):
+        base.get_engine("sglang")

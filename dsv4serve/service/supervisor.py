@@ -34,6 +34,7 @@ def spec_to_dict(spec: LaunchSpec) -> dict:
         "grace_s": spec.grace_s,
         "probe_interval_s": spec.probe_interval_s,
         "gpu_memory_before": [list(pair) for pair in spec.gpu_memory_before],
+        "engine": spec.engine,
     }
 
 
@@ -49,6 +50,7 @@ def spec_from_dict(data: dict) -> LaunchSpec:
         grace_s=float(data["grace_s"]),
         probe_interval_s=float(data["probe_interval_s"]),
         gpu_memory_before=tuple((str(k), int(v)) for k, v in data["gpu_memory_before"]),
+        engine=str(data.get("engine", "vllm")),
     )
 
 

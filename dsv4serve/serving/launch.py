@@ -19,7 +19,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from dsv4serve.engines.vllm.startup_log import OutputReader, Step, exit_hint
+from dsv4serve.engines.base import get_engine
+from dsv4serve.engines.vllm.startup_log import Step
 from dsv4serve.errors import LaunchError
 from dsv4serve.redact import open_private_log
 from dsv4serve.serving import procs
@@ -46,7 +47,8 @@ class Server:
         self._log = None
         self._drain: threading.Thread | None = None
         self._watchdog: subprocess.Popen | None = None
-        self._output = OutputReader()
+        self._engine = get_engine(spec.engine)
+        self._output = self._engine.log_reader()
         self._stopped = False
         self._progress_at = float("-inf")  # monotonic time of vLLM's last progress report
 
@@ -247,7 +249,7 @@ class Server:
 
     def _early_exit_error(self, code: int) -> LaunchError:
         tail = self._tail_text()
-        hint = exit_hint(tail)
+        hint = self._engine.exit_hint(tail)
         return LaunchError(
             f"vLLM exited with code {code} during startup (after {self.elapsed():.1f} s, "
             f"phase: {self.phase}); its last {TAIL_LINES} log lines:\n{tail}",

@@ -13,10 +13,6 @@ from pathlib import Path
 from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_PORT
 from dsv4serve.serving.spec import LaunchSpec
 
-# The vLLM entry point, run by the interpreter that runs dsv4serve (the CPU build, through the dist-info
-# shim scripts/install.sh adds, and the GPU bundle both provide it).
-VLLM_MAIN = ("-m", "vllm.entrypoints.cli.main", "serve")
-
 
 def log_path(profile: str) -> Path:
     """A fresh log file under the user cache dir: $XDG_CACHE_HOME/dsv4serve/logs/PROFILE-TIME.log."""
@@ -57,8 +53,7 @@ def prepare_launch(
 ):
     """Plan (the planner's argv), make the weights local, and build the LaunchSpec: (plan, spec|None).
     node_options (nodes.options.NodeOptions): the spec is that node's (a worker's: headless)."""
-    from dsv4serve.engines.vllm.jit_cache import ensure_dirs
-    from dsv4serve.engines.vllm.version import installed_vllm_version, require_vllm
+    from dsv4serve.engines.base import get_engine
     from dsv4serve.preflight.options import ensure_fits, plan_from_options
     from dsv4serve.preflight.render import render_plan
     from dsv4serve.redact import register as register_secrets
@@ -91,13 +86,29 @@ def prepare_launch(
         render_plan(plan, as_json)
         ensure_fits(plan)
         return plan, None
-    require_vllm(profile.serve.min_vllm_version, installed_vllm_version(), profile.name)  # before downloads
-    ensure_fits(plan)
-    path = fetch_weights(profile, allow_download=allow_download, progress=progress)
-    if str(path) != plan.model:  # plan again with the local directory vLLM will load
-        profile, plan = plan_from_options(profile_name, model_location=str(path), **options)
+    engine = get_engine()  # the one engine today; a profile's serve.engine will pick it
+    engine.require_version(
+        profile.serve.min_vllm_version, engine.installed_version(), profile.name
+    )  # before downloads
+    exact = profile.model.weights_exact
+    if exact:
         ensure_fits(plan)
-    ensure_dirs(plan.env)  # the JIT caches outlive the run: later starts load instead of compiling
+    sized: dict[str, int] = {}  # the real weights of a profile that carries a stand-in
+
+    def replan(weights: int) -> None:
+        """A stand-in's plan again with the real size: fit or refuse before the first byte."""
+        sized["weights_bytes"] = weights
+        ensure_fits(plan_from_options(profile_name, weights_bytes=weights, **options)[1])
+
+    path = fetch_weights(
+        profile, allow_download=allow_download, progress=progress, before_download=None if exact else replan
+    )
+    if not exact and "weights_bytes" not in sized:  # already on disk: the files' own sizes
+        sized["weights_bytes"] = local_weights_bytes(path)
+    if str(path) != plan.model or sized:  # plan again with the local directory vLLM will load
+        profile, plan = plan_from_options(profile_name, model_location=str(path), **sized, **options)
+        ensure_fits(plan)
+    engine.prepare(plan.env)  # the JIT caches outlive the run: later starts load instead of compiling
     env = dict(plan.env)
     env.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local: vLLM must not reach for the hub
     before = ()
@@ -105,7 +116,7 @@ def prepare_launch(
         before = tuple((g.uuid or str(g.index), g.memory_used) for g in plan.gpus)
     register_secrets(secret_values(plan.env, plan.args))  # masked in the log lines shown and in errors
     spec = LaunchSpec(
-        argv=(sys.executable, *VLLM_MAIN, *plan.args),
+        argv=(sys.executable, *engine.main, *plan.args),
         # where vLLM listens: the plan's (an --host/--port after `--` was folded into it)
         host=arg_value(plan.args, "--host") or host,
         port=int(arg_value(plan.args, "--port") or port),
@@ -116,15 +127,21 @@ def prepare_launch(
         env=env,
         log_path=log_path(profile.name),
         gpu_memory_before=before,
+        engine=engine.name,
     )
     if len(plan.nodes) > 1 and node_options is not None:  # this node's own command (nodes/supervise.py)
-        spec = node_spec(spec, plan, node_options.node_rank, VLLM_MAIN)
+        spec = node_spec(spec, plan, node_options.node_rank, engine.main)
     return plan, spec
 
 
-def node_spec(spec: LaunchSpec, plan, rank: int, vllm_main: tuple[str, ...]) -> LaunchSpec:
+def local_weights_bytes(path) -> int:
+    """Bytes of the *.safetensors files of a local checkpoint (what vLLM will load)."""
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors") if f.is_file())
+
+
+def node_spec(spec: LaunchSpec, plan, rank: int, main: tuple[str, ...]) -> LaunchSpec:
     """The launch of node `rank`: its own vLLM args and env (a worker's headless)."""
     node = plan.nodes[rank]
     env = {**dict(spec.env), **dict(node.env)}
-    argv = (sys.executable, *vllm_main, *node.argv[2:])
+    argv = (sys.executable, *main, *node.argv[2:])
     return dataclasses.replace(spec, argv=argv, env=env, headless=rank > 0)

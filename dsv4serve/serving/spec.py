@@ -25,6 +25,7 @@ class LaunchSpec:
     # A worker node of a multi-node deployment (vLLM --headless): no API to check or probe; its
     # readiness is the head's, which the `watch` of wait_ready/wait reports (dsv4serve/nodes/).
     headless: bool = False
+    engine: str = "vllm"  # engines.base.get_engine: how its start-up log reads
 
 
 @dataclass(frozen=True)
