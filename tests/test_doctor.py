@@ -95,16 +95,28 @@ def test_hf_token_presence_never_its_value(run_cli, monkeypatch, isolated_home):
     [(None, "fail", 5), ("0.19.1", "fail", 2), ("0.20.0", "ok", 0), ("0.26.0", "ok", 0)],
 )
 def test_vllm_version_against_the_profile_minimum(tmp_path, installed, status, code):
+    """The preview's V4 minimum 0.20.0 (flash, the 0731 release, needs 0.25.0: below)."""
     from dsv4serve.profiles.load import load_profile
 
     if installed:  # a real dist-info directory, read the way doctor reads the installed one
         info = tmp_path / f"vllm-{installed}.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {installed}\n\n")
-    flash = load_profile("flash")
+    flash = load_profile("flash-preview")
     assert flash.serve.min_vllm_version == "0.20.0"
     check = doctor.check_vllm(flash, paths=[str(tmp_path)])
     assert (check.status, check.exit_code) == (status, code)
+
+
+@pytest.mark.parametrize(("installed", "code"), [("0.20.0", 2), ("0.24.1", 2), ("0.25.0", 0), ("0.32.0", 0)])
+def test_the_official_releases_need_vllm_0_25(tmp_path, installed, code):
+    from dsv4serve.profiles.load import load_profile
+
+    info = tmp_path / f"vllm-{installed}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {installed}\n\n")
+    for name in ("flash", "pro"):
+        assert doctor.check_vllm(load_profile(name), paths=[str(tmp_path)]).exit_code == code
 
 
 def test_disk_warns_when_the_weights_do_not_fit(isolated_home, monkeypatch):

@@ -65,7 +65,8 @@ def golden_text(plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-CASES = [(p, h) for p in ("pro", "flash", "tiny") for h in HARDWARE] + [("tiny", "cpu")]
+CASES = [(p, h) for p in ("pro", "pro-preview", "flash", "flash-preview", "tiny") for h in HARDWARE]
+CASES += [("tiny", "cpu")]
 
 
 @pytest.mark.parametrize(("profile", "hardware"), CASES)
@@ -87,7 +88,7 @@ def test_flash_2xh200_fits_tp2_eager():
     plan = plan_for("flash", "2xH200")
     assert plan.fits and plan.tensor_parallel_size == 2 and not plan.problems
     assert "--enforce-eager" in plan.args
-    assert plan.args[0] == "deepseek-ai/DeepSeek-V4-Flash"
+    assert plan.args[0] == "deepseek-ai/DeepSeek-V4-Flash-0731"
     assert dict(plan.env)["CUDA_VISIBLE_DEVICES"] == "0,1"
     # per GPU: half the weights, vLLM's start-up KV need (replicated, facts: 10.56 GiB), the eager overhead
     row = plan.memory[0]
@@ -269,7 +270,7 @@ def test_plan_to_dict_is_json_with_the_contract_keys():
     ):
         assert key in data
     assert set(data["memory"][0]) >= {"weights", "kv_cache", "overhead", "total", "budget"}
-    assert data["argv"][:3] == ["vllm", "serve", "deepseek-ai/DeepSeek-V4-Flash"]
+    assert data["argv"][:3] == ["vllm", "serve", "deepseek-ai/DeepSeek-V4-Flash-0731"]
 
 
 def test_shell_line_round_trips():

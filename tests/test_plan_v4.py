@@ -190,4 +190,6 @@ def test_good_extras_load(tmp_path, mode):
         == load_profile("pro-preview").serve.min_vllm_version
     )
     # the official releases carry a DSpark draft: vLLM 0.25 (the recipes)
-    assert load_profile("flash").serve.min_vllm_version == "0.25.0" == load_profile("pro").serve.min_vllm_version
+    assert (
+        load_profile("flash").serve.min_vllm_version == "0.25.0" == load_profile("pro").serve.min_vllm_version
+    )

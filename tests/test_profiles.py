@@ -60,7 +60,7 @@ def system_dir(tmp_path, monkeypatch) -> Path:
 
 
 def test_show_flash_json_reports_checkpoint_facts(run_cli):
-    result = run_cli("profiles", "show", "flash", "--json")
+    result = run_cli("profiles", "show", "flash-preview", "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["model"]["total_params"] == 284 * 10**9
@@ -88,7 +88,7 @@ def test_v4_profiles_carry_the_recipe_flags(name):
 
 
 def test_show_text_prints_human_figures(run_cli):
-    result = run_cli("profiles", "show", "flash")
+    result = run_cli("profiles", "show", "flash-preview")
     assert result.exit_code == 0
     assert "284B total / 13B active" in result.stdout
     assert "1,048,576 max context" in result.stdout
@@ -202,7 +202,7 @@ BAD = [
     ),
     (
         "active-over-total",
-        "extends: flash\nmodel:\n  active_params: 300000000000\n",
+        "extends: flash\nmodel:\n  active_params: 310000000000\n",
         "model.active_params",
         3,
     ),
@@ -427,7 +427,7 @@ def test_extends_chain_deep_merges_and_lists_replace(tmp_path):
     assert profile.name == "child" and profile.extends == ("base", "pro") and profile.origin == "path"
     assert profile.serve.env == (("A", "1"), ("B", "3"), ("C", "4"))
     assert profile.serve.extra_args == ("--y",)
-    assert profile.model.revision == "abc" and profile.model.repo == "deepseek-ai/DeepSeek-V4-Pro"
+    assert profile.model.revision == "abc" and profile.model.repo == "deepseek-ai/DeepSeek-V4-Pro-0813"
     assert profile.serve.max_model_len == 200000 and profile.hardware == load_profile("pro").hardware
 
 

@@ -75,7 +75,14 @@ def test_tiny_v4_profile_is_flash_with_smaller_context_only():
         for f in dataclasses.fields(flash.serve)
         if getattr(tiny.serve, f.name) != getattr(flash.serve, f.name)
     }
-    assert changed == {"served_model_name", "max_model_len", "gpu_memory_utilization", "startup_timeout_s"}
+    assert changed == {
+        "served_model_name",
+        "max_model_len",
+        "gpu_memory_utilization",
+        "startup_timeout_s",
+        "min_vllm_version",  # flash's 0.25.0 is for its DSpark release; tiny-v4 needs V4's 0.20.0
+    }
+    assert tiny.serve.min_vllm_version == "0.20.0"
     assert (tiny.serve.served_model_name, tiny.serve.gpu_memory_utilization) == ("tiny-v4", 0.3)
     assert tiny.serve.startup_timeout_s >= 900 and tiny.serve.max_model_len == 4096
     assert not tiny.cpu_ok and tiny.model.min_compute_capability == "9.0"
@@ -184,11 +191,21 @@ def test_flash_plan_has_the_real_size_and_shards_without_writing():
 
 
 def test_flash_shape_agrees_with_the_flash_profile():
-    flash = load_profile("flash").model
+    flash = load_profile("flash-preview").model  # the shape is the preview's (46 shards, MTP head)
     s = spec.FLASH
-    assert flash.kv_cache.compress_ratios == s.layer_ratios
+    assert (
+        flash.kv_cache.compress_ratios
+        == s.layer_ratios
+        == load_profile("flash").model.kv_cache.compress_ratios
+    )
     assert (flash.layers, flash.attention_heads) == (s.num_hidden_layers, s.num_attention_heads)
-    assert abs(layout.weights_bytes(layout.shards(s)) - flash.weights_bytes) / flash.weights_bytes < 0.005
+    shards = layout.shards(s)
+    assert abs(layout.weights_bytes(shards) - flash.weights_bytes) / flash.weights_bytes < 0.005
+    assert flash.shards == len(shards) == 46
+    # the profile's MTP draft is the last shard, the only one holding mtp.0.* (published headers)
+    mtp = [sh for sh in shards if any(t.name.startswith("mtp.") for t in sh.tensors)]
+    assert len(mtp) == 1 and all(t.name.startswith("mtp.0.") for t in mtp[0].tensors)
+    assert flash.draft.method == "mtp" and flash.draft.weights_bytes == mtp[0].file_bytes
 
 
 def test_dimension_rules():

@@ -44,22 +44,39 @@ def list_command(json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> No
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("name", "origin", "path", "description"):
+    for column in ("name", "variant", "draft", "min vLLM", "size", "origin", "path / description"):
         table.add_column(column, overflow="fold")  # a narrow terminal folds a path, never cuts it
     for e in entries:
         if e.shadowed_by:
             table.add_row(
                 f"{e.name} (shadowed)",
+                *[""] * 4,
                 e.origin,
-                oneline(e.path),
-                f"shadowed by {oneline(e.shadowed_by)}",
+                f"{oneline(e.path)}: shadowed by {oneline(e.shadowed_by)}",
                 style="dim",
             )
         elif e.error:
-            table.add_row(e.name, e.origin, oneline(e.path), f"invalid: {oneline(e.error)}", style="red")
+            table.add_row(
+                e.name, *[""] * 4, e.origin, f"{oneline(e.path)}: invalid: {oneline(e.error)}", style="red"
+            )
         else:
-            table.add_row(e.name, e.origin, oneline(e.path), oneline(e.description))
+            table.add_row(
+                e.name,
+                oneline(e.variant) or "-",
+                oneline(e.draft) or "-",
+                oneline(e.min_vllm_version) or "-",
+                _size(e.weights_bytes, e.weights_exact),
+                e.origin,
+                f"{oneline(e.path)}: {oneline(e.description)}",
+            )
     console().print(table)
+
+
+def _size(weights: int, exact: bool) -> str:
+    """148.66 GiB, or ~805.6 GiB? for a stand-in (the exact size comes from the hub at download)."""
+    from dsv4serve.hardware.inventory import gib
+
+    return gib(weights, 2) if exact else f"~{gib(weights, 1)}?"
 
 
 def show_command(name: ProfileArg, json: JsonOpt = False, profile_dir: ProfileDirOpt = None) -> None:

@@ -191,8 +191,15 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
             best = fit
     assert best is not None  # choose_layouts always offers one
     rejected = [(lay, why) for lay, why in rejected if lay != best.layout]
-    problems = list(choice.problems) + list(best.problems) + _capability_problems(profile, best.gpus)
+    capability = _capability_problems(profile, best.gpus)
+    problems = list(choice.problems) + list(best.problems) + capability
     notes = list(choice.notes) + list(best.notes)
+    if not profile.model.weights_exact:
+        notes.append(
+            f"{profile.name}'s size is not known offline: planned with a stand-in of "
+            f"{gib(profile.model.weights_bytes, 2)} (see `dsv4serve profiles show {profile.name}`); "
+            "`up` plans again with the hub's file sizes before the first byte is downloaded"
+        )
     if len(best.gpus) < len(gpus):
         notes.append(f"using {len(best.gpus)} of the {len(gpus)} GPUs given ({best.layout.label})")
     if best.max_len < requested and not best.problems:
@@ -202,6 +209,10 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
             + (" (vLLM's start-up check)" if profile.model.kv_cache else "")
         )
     suggestions = () if not problems else _what_would_fit(profile, requested, overhead, batched)
+    hint = ""
+    if capability and profile.model.fallback:
+        fallback = profile.model.fallback
+        hint = f"on {gpus[0].name} use the profile {fallback}: dsv4serve plan {fallback}"
     where = f"{len(gpus)}x {gpus[0].name}" if nodes == 1 else f"{nodes} nodes x {len(gpus)}x {gpus[0].name}"
     verdict = f"fits on {where}" if not problems else problems[0]
     if best.problems and overrides.tensor_parallel_size is not None and len(best.gpus) < len(gpus):
@@ -242,6 +253,7 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
         args=layout_args(args, best.layout, profile),
         env=tuple(env.items()),
         verdict=verdict,
+        hint=hint,
         problems=tuple(problems),
         notes=tuple(notes),
         suggestions=suggestions,
@@ -369,9 +381,10 @@ def _fit_memory(
 
 
 def _capability_problems(profile: Profile, gpus: tuple[Gpu, ...]) -> list[str]:
-    need = profile.model.min_compute_capability
+    need, fallback = profile.model.min_compute_capability, profile.model.fallback
+    instead = f": use the profile {fallback} there" if fallback else ""
     return [
-        f"{name} has compute capability {cc}, below the {need} that {profile.name} needs"
+        f"{name} has compute capability {cc}, below the {need} that {profile.name} needs{instead}"
         for name, cc in dict.fromkeys((g.name, g.compute_capability) for g in gpus)
         if capability_key(cc) < capability_key(need)
     ]

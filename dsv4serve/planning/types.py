@@ -105,6 +105,7 @@ class Plan:
     notes: tuple[str, ...] = ()
     suggestions: tuple[str, ...] = ()  # layouts that would fit, e.g. "8xH200"
     verdict: str = ""  # one line: "fits on 2x H200", or the main reason it does not
+    hint: str = ""  # what to do when it does not fit, where the planner knows better than the suggestions
     kv: KvSummary | None = None  # how the KV cache was sized (GPU path)
     # Parallelism (planning/strategy.py): tp | tp-ep | dp-ep | tp-pp, why, and the sizes besides TP.
     strategy: str = "tp"

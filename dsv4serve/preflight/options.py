@@ -78,6 +78,45 @@ def announce_shadowing(name: str, profile_dirs) -> None:
         note(f"profile {name}: using {winner}, which shadows {others} (see `dsv4serve profiles list`)")
 
 
+# Built-in profiles whose checkpoint changed (issue 19): the name, the variant it serves now, and the
+# profile that keeps the old one. Announced once per user (a marker under $XDG_STATE_HOME/dsv4serve).
+RENAMED = {
+    "flash": (
+        "0731",
+        "DeepSeek-V4-Flash-0731, the official release (DSpark draft, vLLM >= 0.25)",
+        "flash-preview",
+    ),
+    "pro": ("0813", "DeepSeek-V4-Pro-0813, the official release (DSpark draft, vLLM >= 0.25)", "pro-preview"),
+}
+
+
+def variant_change_note(profile) -> str | None:
+    """Once per user: `flash`/`pro` (or a profile extending them) now serve the official release, not the
+    preview. The note for the plan, or None (a marker file keeps it from coming back)."""
+    import os
+
+    chain = (profile.name, *profile.extends)
+    base = next((name for name in chain if name in RENAMED), None)
+    if base is None or profile.model.variant != RENAMED[base][0]:
+        return None
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    marker = os.path.join(state, "dsv4serve", "notices", f"{base}-{RENAMED[base][0]}")
+    if os.path.exists(marker):
+        return None
+    variant, what, old = RENAMED[base]
+    try:
+        os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
+        with open(marker, "w", encoding="utf-8") as handle:
+            handle.write(f"{variant}\n")
+    except OSError:  # a read-only home: the note comes again next time, nothing fails
+        pass
+    via = "" if profile.name == base else f" (through `extends: {base}`)"
+    return (
+        f"profile {profile.name}{via} now serves {what}; the preview checkpoint it served before is "
+        f"the profile {old} (said once)"
+    )
+
+
 def plan_from_options(
     profile_name: str,
     *,
@@ -94,9 +133,11 @@ def plan_from_options(
     device: str | None = None,
     warmup: str | None = None,
     node_options=None,
+    weights_bytes: int | None = None,
 ):
     """Load the profile, take stock of the GPUs, select them, and plan: returns (profile, plan).
-    node_options (nodes.options.NodeOptions): nodes, strategy, executor, the head's address."""
+    node_options (nodes.options.NodeOptions): nodes, strategy, executor, the head's address.
+    weights_bytes: the checkpoint's real size (the hub's listing), for a profile with a stand-in."""
     from dsv4serve.engines.vllm.flags import settle_overrides
     from dsv4serve.hardware.select import select_gpus
     from dsv4serve.planning.plan import Overrides, make_plan
@@ -104,6 +145,9 @@ def plan_from_options(
 
     profile = load_profile(profile_name, profile_dirs=tuple(profile_dirs or ()))
     announce_shadowing(profile_name, profile_dirs or ())
+    if weights_bytes is not None:  # the hub's (or the disk's) real size replaces a stand-in
+        model = dataclasses.replace(profile.model, weights_bytes=weights_bytes, weights_exact=True)
+        profile = dataclasses.replace(profile, model=model)
     inventory, notes = resolve_inventory(profile, hardware, device)
     from dsv4serve.preflight.nodes import NodeOptions, with_nodes
 
@@ -132,6 +176,8 @@ def plan_from_options(
         host_cpus=inventory.host_cpus,
         nodes=inventory.nodes,
     )
+    changed = variant_change_note(profile)  # once the plan is made: an error above says nothing of it
+    notes = (changed, *notes) if changed else notes
     if notes or selection.notes:
         plan = dataclasses.replace(plan, notes=(*notes, *selection.notes, *plan.notes))
     return profile, plan
@@ -163,7 +209,9 @@ def ensure_fits(plan) -> None:
     message = plan.verdict + (
         f" (and {more} more problem{'s' if more > 1 else ''} above)" if more > 0 else ""
     )
-    if plan.suggestions:
+    if plan.hint:
+        hint = plan.hint
+    elif plan.suggestions:
         hint = f"plan such a layout with --hardware {plan.suggestions[0]}, or pick GPUs with --gpus"
     else:
         hint = "see the problems above; `dsv4serve plan --help` lists the knobs"

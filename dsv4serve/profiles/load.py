@@ -330,6 +330,14 @@ class ProfileEntry:
     shadows: tuple[str, ...] = ()  # files of the same name further down the search path
     shadowed_by: str = ""  # the file that wins over this one, if any
     error: str = ""  # why it does not load, if it does not
+    # The checkpoint family at a glance: variant (0731, preview, nvfp4), draft (mtp, dspark or ""),
+    # the vLLM it needs, its size (a stand-in when weights_exact is false).
+    family: str = ""
+    variant: str = ""
+    draft: str = ""
+    min_vllm_version: str = ""
+    weights_bytes: int = 0
+    weights_exact: bool = True
 
 
 def list_profiles(profile_dirs: Sequence[str] = ()) -> list[ProfileEntry]:
@@ -348,10 +356,24 @@ def list_profiles(profile_dirs: Sequence[str] = ()) -> list[ProfileEntry]:
 
 def _entry(name: str, rank: int, found: list[tuple[Path, str]], profile_dirs: Sequence[str]) -> ProfileEntry:
     file, origin = found[rank]
-    try:
-        description, error = load_profile(str(file), profile_dirs).description, ""
-    except DsvError as err:  # one broken file must not hide the others
-        description, error = "", err.message
     shadows = tuple(str(f) for f, _ in found[1:]) if rank == 0 else ()
     winner = str(found[0][0]) if rank else ""
-    return ProfileEntry(name, description, origin, str(file), shadows, winner, error)
+    try:
+        profile = load_profile(str(file), profile_dirs)
+    except DsvError as err:  # one broken file must not hide the others
+        return ProfileEntry(name, "", origin, str(file), shadows, winner, err.message)
+    m = profile.model
+    return ProfileEntry(
+        name,
+        profile.description,
+        origin,
+        str(file),
+        shadows,
+        winner,
+        family=m.family,
+        variant=m.variant,
+        draft=m.draft.method if m.draft else "",
+        min_vllm_version=profile.serve.min_vllm_version or "",
+        weights_bytes=m.weights_bytes,
+        weights_exact=m.weights_exact,
+    )

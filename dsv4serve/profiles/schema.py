@@ -18,7 +18,16 @@ from dsv4serve.errors import oneline
 from dsv4serve.hardware.inventory import CAPABILITY_RE
 from dsv4serve.profiles.document import KINDS, STR_HINT, Loc, LocatedList, LocatedMap, fail, join, kind
 from dsv4serve.profiles.hub_names import valid_repo_id, valid_revision
-from dsv4serve.profiles.types import GENERATED, STRATEGIES, HardwareRule, KvCache, Profile
+from dsv4serve.profiles.types import (
+    GENERATED,
+    SPEC_CHOICES,
+    SPEC_METHODS,
+    STRATEGIES,
+    Draft,
+    HardwareRule,
+    KvCache,
+    Profile,
+)
 from dsv4serve.redact import is_secret
 
 # Fields the planner cannot work without; the dataclasses give them 0 defaults only so that
@@ -274,7 +283,15 @@ def check(profile: Profile, doc: LocatedMap) -> None:
     )
     if model.kv_cache is not None:
         _check_kv_cache(need, model.kv_cache, model.layers)
+    if model.draft is not None:
+        _check_draft(need, model.draft, model.weights_bytes)
     _check_serve_extras(need, serve)
+    need(
+        not model.fallback or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model.fallback) is not None,
+        ("model", "fallback"),
+        f"{oneline(model.fallback, 100)!r} is not a profile name",
+        "name the profile to use on older GPUs, e.g. flash-preview",
+    )
     for i, rule in enumerate(profile.hardware):
         _check_rule(need, i, rule, model.attention_heads)
 
@@ -311,8 +328,38 @@ def _check_kv_cache(need: Any, kv: KvCache, layers: int) -> None:
         need(getattr(kv, name) > 0, (*at, name), "must be positive", "copy it from config.json")
 
 
+def _check_draft(need: Any, draft: Draft, weights: int) -> None:
+    """The speculative-decoding draft: a method vLLM knows for V4, a layer or more, a share of the weights."""
+    at = ("model", "draft")
+    need(
+        draft.method in SPEC_METHODS,
+        (*at, "method"),
+        f"{oneline(draft.method, 60)!r} is not a draft method",
+        f"use one of {', '.join(SPEC_METHODS)}",
+    )
+    need(draft.layers > 0, (*at, "layers"), "must be positive", "MTP has 1 draft layer, DSpark 3")
+    need(
+        draft.weights_bytes < weights or weights == 0,
+        (*at, "weights_bytes"),
+        f"{draft.weights_bytes} is not less than model.weights_bytes ({weights})",
+        "the draft is a part of the checkpoint: its bytes are a share of model.weights_bytes",
+    )
+
+
 def _check_serve_extras(need: Any, serve: Any) -> None:
-    """vLLM version floor, scheduler step size and DeepGEMM warmup mode."""
+    """vLLM version floor, scheduler step size, DeepGEMM warmup mode, speculative decoding."""
+    need(
+        serve.speculative is None or serve.speculative in SPEC_CHOICES,
+        ("serve", "speculative"),
+        f"{oneline(serve.speculative or '', 60)!r} is not a speculative-decoding choice",
+        f"use one of {', '.join(SPEC_CHOICES)}",
+    )
+    need(
+        serve.speculative_tokens is None or serve.speculative_tokens > 0,
+        ("serve", "speculative_tokens"),
+        "must be positive",
+        "draft tokens per step, e.g. 1",
+    )
     need(
         serve.min_vllm_version is None or check_version_text(serve.min_vllm_version),
         ("serve", "min_vllm_version"),

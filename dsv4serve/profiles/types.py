@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 # tp-pp: TP within each node, pipeline parallel across nodes.
 STRATEGIES = ("tp", "tp-ep", "dp-ep", "tp-pp")
 # The checkpoints dsv4serve writes itself (model.generate; weights/generated.py writes each, and a test
-# holds the two lists equal): tiny (DeepSeek-V3 architecture), DeepSeek-V4 shapes tiny-v4 and flash.
-GENERATED = ("tiny", "tiny-v4", "flash")
+# holds the two lists equal): tiny (DeepSeek-V3 architecture), DeepSeek-V4 shapes tiny-v4, flash, pro.
+GENERATED = ("tiny", "tiny-v4", "flash", "pro")
 EXECUTORS = ("mp", "ray")  # vLLM's multiprocessing backend across nodes, or a running Ray cluster
+# Speculative decoding the planner models (--spec): off, the checkpoint's MTP head, its DSpark draft.
+SPEC_METHODS = ("mtp", "dspark")
+SPEC_CHOICES = ("off", *SPEC_METHODS)
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,22 @@ class KvCache:
     sliding_window: int = 128  # tokens of the SWA cache every layer keeps
     head_dim: int = 512  # compressor state width (fp32 kv + score)
     index_head_dim: int = 128  # the C4 indexer's key width
+
+
+@dataclass(frozen=True)
+class Draft:
+    """The speculative-decoding draft a checkpoint carries. vLLM loads its tensors (`mtp.*`) only when a
+    speculative config asks for them (shared/facts/vllm-versions-v4.md), so the planner counts it only
+    with --spec on."""
+
+    method: str  # mtp | dspark
+    # Draft decoder layers; each registers one SWA-only KV layer after the target's (vLLM's V4 attention
+    # gives layer ids >= num_hidden_layers compress ratio 1): MTP 1, DSpark 3.
+    layers: int = 1
+    weights_bytes: int = 0  # the draft's share of model.weights_bytes; 0 = not known offline
+    tokens: int = 0  # default num_speculative_tokens (the recipes'); 0 = block_size (DSpark)
+    tokens_hopper: int = 0  # the default on compute capability 9.x GPUs; 0 = tokens
+    block_size: int = 0  # DSpark: config.json's dspark_block_size; 0 = not known offline
 
 
 @dataclass(frozen=True)
@@ -48,6 +67,17 @@ class Model:
     expert_weights_bytes: int = 0
     max_context: int = 0  # max_position_embeddings
     min_compute_capability: str = "0.0"  # "9.0"
+    # The checkpoint family (flash, pro), this variant of it (0731, preview, nvfp4), and where its
+    # figures come from (facts files, recipes, the hub).
+    family: str = ""
+    variant: str = ""
+    sources: tuple[str, ...] = ()
+    shards: int = 0  # *.safetensors files; 0 = not given
+    # False: weights_bytes is a stand-in (the exact size is not known offline); `up` re-plans with the
+    # hub's file sizes before the first byte is downloaded.
+    weights_exact: bool = True
+    draft: Draft | None = None  # the speculative-decoding draft it carries, if any
+    fallback: str = ""  # the profile to use on GPUs below min_compute_capability (named in the refusal)
 
 
 @dataclass(frozen=True)
@@ -71,6 +101,8 @@ class Serve:
     min_vllm_version: str | None = None  # refuse an older installed vLLM (exit 2)
     max_num_batched_tokens: int | None = None  # tokens per scheduler step; None = vLLM's GPU default (8192)
     deep_gemm_warmup: str | None = None  # full | relax | skip -> VLLM_DEEP_GEMM_WARMUP
+    speculative: str | None = None  # off | mtp | dspark: the default of --spec (None = off)
+    speculative_tokens: int | None = None  # the default of --spec-tokens (None = the draft's default)
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()  # sorted (name, value) pairs
 

@@ -90,6 +90,7 @@ def prepare_launch(
     engine.require_version(
         profile.serve.min_vllm_version, engine.installed_version(), profile.name
     )  # before downloads
+    announce_changes(plan, as_json)
     exact = profile.model.weights_exact
     if exact:
         ensure_fits(plan)
@@ -132,6 +133,15 @@ def prepare_launch(
     if len(plan.nodes) > 1 and node_options is not None:  # this node's own command (nodes/supervise.py)
         spec = node_spec(spec, plan, node_options.node_rank, engine.main)
     return plan, spec
+
+
+def announce_changes(plan, as_json: bool) -> None:
+    """`up` shows no plan: the once-only note that a profile's checkpoint changed goes to stderr."""
+    from dsv4serve.render import note
+
+    for text in plan.notes:
+        if " now serves " in text and "(said once)" in text and not as_json:
+            note(text)
 
 
 def local_weights_bytes(path) -> int:

@@ -12,7 +12,7 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -53,10 +53,18 @@ def fetch_weights(
     local_dir: str | Path | None = None,
     allow_download: bool = True,
     progress: bool | Progress = True,
+    before_download: Callable[[int], None] | None = None,
 ) -> Path:
-    """Make the profile's weights local and complete; return the directory vLLM should load."""
+    """Make the profile's weights local and complete; return the directory vLLM should load.
+    before_download(bytes of the *.safetensors files) runs once the hub listed them, before any byte
+    is fetched (it may raise to stop the download: a plan that does not fit with the real sizes)."""
     return download_weights(
-        profile, revision=revision, local_dir=local_dir, allow_download=allow_download, progress=progress
+        profile,
+        revision=revision,
+        local_dir=local_dir,
+        allow_download=allow_download,
+        progress=progress,
+        before_download=before_download,
     ).path
 
 
@@ -67,6 +75,7 @@ def download_weights(
     local_dir: str | Path | None = None,
     allow_download: bool = True,
     progress: bool | Progress = True,
+    before_download: Callable[[int], None] | None = None,
 ) -> DownloadResult:
     """fetch_weights with the details the `download` command reports."""
     model = profile.model
@@ -95,7 +104,7 @@ def download_weights(
         return _from_cache(hub, model.repo, rev, dest, model.allow_patterns, allow_download)
     sink = progress if not isinstance(progress, bool) else (_rich_progress() if progress else None)
     try:
-        return _from_hub(hub, model.repo, rev, dest, model.allow_patterns, sink)
+        return _from_hub(hub, model.repo, rev, dest, model.allow_patterns, sink, before_download)
     except DownloadError:
         raise
     except BaseException as err:  # the one table from hub/OS errors to messages
@@ -106,9 +115,17 @@ def download_weights(
 
 
 def _from_hub(
-    hub: hd.Hub, repo: str, rev: str, dest: Path | None, patterns: Iterable[str], sink: Progress | None
+    hub: hd.Hub,
+    repo: str,
+    rev: str,
+    dest: Path | None,
+    patterns: Iterable[str],
+    sink: Progress | None,
+    before_download: Callable[[int], None] | None = None,
 ) -> DownloadResult:
     listing = hd.list_files(hub, repo, rev, patterns)
+    if before_download is not None:  # the real sizes, before the first byte
+        before_download(sum(f.size for f in listing.wanted if f.path.endswith(".safetensors")))
     target = hd.Target(hub, repo, listing.commit, dest)
     budget = hd.check_disk(target, listing.wanted)  # before the first byte
     if sink is not None and budget.needed:
