@@ -2,6 +2,12 @@
 
     python scripts/make_v4_checkpoint.py --shape tiny-v4 OUT_DIR            # 49.8 MiB, 5 shards, ~1 s
     python scripts/make_v4_checkpoint.py --shape flash /dev/shm/flash --jobs 46   # 148.7 GiB, 46 shards
+    python scripts/make_v4_checkpoint.py --shape flash --layers 12 /data/flash-12l  # 45.3 GiB, one H200
+    python scripts/make_v4_checkpoint.py --shape pro --layers 2 /data/pro-2l        # 42.3 GiB
+
+--layers N keeps a true shape's (flash, pro) first N layers with their real dims, compress ratios and
+hash routing, plus the MTP layer, and writes the matching profile next to OUT_DIR (OUT_DIR.yaml, or
+--profile FILE): `dsv4serve up OUT_DIR.yaml --gpus 1` then serves it with its exact figures.
 
 OUT_DIR must not exist (or be empty); it appears only once complete. Offline and deterministic: the
 same shape always gives the same bytes. --plan prints the sizes without writing anything.
@@ -28,8 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", required=True, choices=sorted(v4ckpt.SHAPES))
     parser.add_argument("--jobs", type=int, default=0, help="shard-writing processes (default: one per CPU)")
     parser.add_argument("--plan", action="store_true", help="print the planned sizes; write nothing")
+    parser.add_argument("--layers", type=int, help="keep the first N layers of flash or pro (a layer cut)")
+    parser.add_argument("--profile", type=Path, help="where the cut's profile goes (default: OUT_DIR.yaml)")
     args = parser.parse_args(argv)
     spec = v4ckpt.get_spec(args.shape)
+    if args.layers is not None:
+        try:
+            spec = v4ckpt.cut(spec, args.layers)
+        except DsvError as err:
+            return _fail(err)
     plan = layout.shards(spec)
     planned = layout.weights_bytes(plan)
     if args.plan:
@@ -46,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = v4ckpt.make(spec, args.out_dir, jobs=jobs, on_shard=progress if len(plan) > 8 else None)
     except DsvError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        if err.hint:
-            print(f"hint: {err.hint}", file=sys.stderr)
-        return err.exit_code
+        return _fail(err)
     seconds = time.monotonic() - t0
     if written.reused:
         print(
@@ -63,11 +73,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{written.total_bytes:,} bytes in all; "
         f"{seconds:.1f} s with {jobs} jobs ({rate:.2f} GiB/s)"
     )
-    if spec.name != "tiny-v4":  # tiny-v4 has its built-in profile; a flash-shaped one needs a user profile
-        path = written.path.resolve()
-        model = f"{{repo: null, revision: null, path: {path}}}"
-        print(f"serve it with a profile: extends: {spec.name}, model: {model}")
+    if spec.profile:  # a flash- or pro-shaped checkpoint needs a profile with its path and exact figures
+        from dsv4serve.weights.v4ckpt.profile import write_profile
+
+        out = write_profile(spec, written.path, args.profile or written.path.with_suffix(".yaml"))
+        print(f"profile: {out} (extends {spec.profile}); serve it: dsv4serve up {out} --gpus 1")
     return 0
+
+
+def _fail(err: DsvError) -> int:
+    print(f"error: {err.message}", file=sys.stderr)
+    if err.hint:
+        print(f"hint: {err.hint}", file=sys.stderr)
+    return err.exit_code
 
 
 if __name__ == "__main__":

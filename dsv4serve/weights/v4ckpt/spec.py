@@ -1,14 +1,16 @@
 """The shape of a generated DeepSeek-V4 checkpoint (DeepseekV4ForCausalLM) and its config.json.
 
-Two shapes: `tiny-v4` (the smallest model vLLM's Hopper kernels accept; shared/recipes/vllm-gpu-v4) and
-`flash` (DeepSeek-V4-Flash's real architecture, random weights, for load and memory tests on GPUs).
+Three shapes: `tiny-v4` (the smallest model vLLM's Hopper kernels accept; shared/recipes/vllm-gpu-v4),
+`flash` and `pro` (DeepSeek-V4-Flash's and -Pro's real architectures, random weights, for load and
+memory tests on GPUs). cut() keeps a true shape's per-layer dims with fewer layers: Flash's or Pro's
+kernels and per-layer memory on one GPU, before the full model's GPUs exist.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from dsv4serve.errors import ProfileError
+from dsv4serve.errors import ProfileError, UsageError
 
 FP8_BLOCK = 128  # quantization_config.weight_block_size: 128x128 FP8 blocks, one UE8M0 scale each
 MXFP4_BLOCK = 32  # routed experts: 32 FP4 values share one UE8M0 scale
@@ -39,13 +41,16 @@ class V4Spec:
     qk_rope_head_dim: int = 64
     index_n_heads: int = 64  # DeepGEMM's MQA-logits kernels
     index_head_dim: int = 128  # indexer cache entry: 128 fp8 + 4 B scale
-    index_topk: int = 512
+    index_topk: int = 512  # Flash 512, Pro 1024 (config.json)
+    routed_scaling_factor: float = 1.5  # Flash 1.5, Pro 2.5 (config.json)
     sliding_window: int = 128
     hc_mult: int = 4  # mHC: mixing matrix (2 + hc) * hc = 24
     hc_sinkhorn_iters: int = 20
     max_position_embeddings: int = 1048576
     tp_sizes: tuple[int, ...] = (1,)  # TP sizes the shape must split evenly for (vLLM's rules)
     seed: int = 0
+    profile: str = ""  # the built-in profile of this architecture (a cut's profile extends it)
+    cut_from: str = ""  # a cut(): the true shape whose first layers it keeps
 
     @property
     def layer_ratios(self) -> tuple[int, ...]:
@@ -96,9 +101,65 @@ FLASH = V4Spec(
     vocab_size=129280,
     num_nextn_predict_layers=1,
     tp_sizes=(1, 2, 4, 8),  # the flash profile's hardware rules use TP 2, 4 and 8
+    profile="flash-preview",  # the preview's layout: 43 layers + one MTP layer, no DSpark draft
 )
 
-SHAPES: dict[str, V4Spec] = {s.name: s for s in (TINY_V4, FLASH)}
+# DeepSeek-V4-Pro's config.json (huggingface.co/deepseek-ai/DeepSeek-V4-Pro, as quoted by public copies:
+# a memory estimator's MODEL_CONFIGS["deepseekv4_pro"] and a config snapshot with every key); the facts
+# (shared/facts/deepseek-v4.md) agree on 61 layers, hidden 7168, 128 heads, 384 + 1 experts top-6.
+# compress_ratios: 2 HCA layers, then C4/C128 alternating from layer 2, and the MTP layer's 0 (62).
+PRO = V4Spec(
+    name="pro",
+    hidden_size=7168,
+    num_hidden_layers=61,
+    compress_ratios=(128, 128, *([4, 128] * 29), 4, 0),
+    num_attention_heads=128,
+    q_lora_rank=1536,
+    o_lora_rank=1024,
+    o_groups=16,
+    n_routed_experts=384,
+    num_experts_per_tok=6,
+    moe_intermediate_size=3072,
+    num_hash_layers=3,
+    vocab_size=129280,
+    num_nextn_predict_layers=1,
+    index_topk=1024,
+    routed_scaling_factor=2.5,
+    tp_sizes=(1, 2, 4, 8),  # the pro profile's rules: TP 8 on one node, TP 16 over two (experts by EP)
+    profile="pro-preview",
+)
+
+SHAPES: dict[str, V4Spec] = {s.name: s for s in (TINY_V4, FLASH, PRO)}
+TRUE_SHAPES = ("flash", "pro")  # the shapes cut() keeps the per-layer dims of
+
+
+def cut(spec: V4Spec, layers: int) -> V4Spec:
+    """A true shape with its first `layers` decoder layers: their compress ratios and hash routing as in
+    the original, and its MTP layers. One GPU then holds Flash's or Pro's real per-layer shape."""
+    if spec.name not in TRUE_SHAPES:
+        raise UsageError(
+            f"--layers cuts a true shape, not {spec.name}", f"use --shape {' or --shape '.join(TRUE_SHAPES)}"
+        )
+    full = spec.num_hidden_layers
+    if not 1 <= layers <= full:
+        raise UsageError(f"--layers {layers}: {spec.name} has 1 to {full} layers", "e.g. --layers 12")
+    ratios = spec.layer_ratios[:layers]
+    if not any(r in (4, 128) for r in ratios):
+        first = next(i for i, r in enumerate(spec.layer_ratios) if r in (4, 128)) + 1
+        raise UsageError(
+            f"--layers {layers}: {spec.name}'s first {layers} layers hold no compressed (CSA/HCA) layer",
+            f"keep at least {first} layers",
+        )
+    if layers == full:
+        return spec
+    return replace(
+        spec,
+        name=f"{spec.name}-{layers}l",
+        num_hidden_layers=layers,
+        compress_ratios=(*ratios, *spec.compress_ratios[full:]),
+        num_hash_layers=min(spec.num_hash_layers, layers),
+        cut_from=spec.name,
+    )
 
 
 def get_spec(name: str) -> V4Spec:
@@ -122,7 +183,12 @@ def problems(spec: V4Spec) -> list[str]:
     need(len(spec.compress_ratios) == layers + mtp, "one compress ratio per layer and per MTP layer")
     need(all(r in COMPRESS_RATIOS for r in spec.compress_ratios), "compress ratios are 0, 1, 4 or 128")
     need(spec.head_dim == 512 and spec.qk_rope_head_dim == 64, "head_dim 512 and rope 64 are fixed")
-    need(spec.hidden_size % 2048 == 0, "hidden_size must be a multiple of 2048 (mHC decode kernel)")
+    # A shrunk shape keeps the multiple of 2048 the tiny recipe found for the mHC decode kernel; the
+    # published hidden sizes (Flash 4096, Pro 7168) are what vLLM's kernels serve.
+    need(
+        spec.hidden_size % 2048 == 0 or spec.hidden_size in (4096, 7168),
+        "hidden_size must be a multiple of 2048 (mHC decode kernel)",
+    )
     need(spec.num_attention_heads % spec.o_groups == 0, "o_groups must divide the heads")
     need(spec.num_experts_per_tok <= spec.n_routed_experts, "top-k above the expert count")
     need(0 <= spec.num_hash_layers <= layers, "num_hash_layers within the layers")
@@ -193,7 +259,7 @@ def model_config(spec: V4Spec, bos_id: int, eos_id: int) -> dict:
             "type": "yarn",
         },
         "rope_theta": 10000,
-        "routed_scaling_factor": 1.5,
+        "routed_scaling_factor": spec.routed_scaling_factor,
         "scoring_func": "sqrtsoftplus",
         "sliding_window": spec.sliding_window,
         "swiglu_limit": 10.0,
