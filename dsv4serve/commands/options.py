@@ -80,6 +80,14 @@ WarmupOpt = Annotated[
         "the plan notes the trade-off.",
     ),
 ]
+TrafficWarmupOpt = Annotated[
+    Optional[bool],  # noqa: UP045 - None means "on for DeepSeek-V4 on GPUs"
+    typer.Option(
+        "--traffic-warmup/--no-traffic-warmup",
+        help="Before ready, serve rounds of 1, 8 and 64 concurrent requests so no request waits on kernel "
+        "compilation after ready (default: on for DeepSeek-V4 on GPUs).",
+    ),
+]
 
 # `up` and `smoke`: detaching, naming a detached server, output, the API key
 DetachOpt = Annotated[

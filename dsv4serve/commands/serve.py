@@ -30,6 +30,7 @@ from dsv4serve.commands.options import (
     ProfileDirOpt,
     StrategyOpt,
     VerboseOpt,
+    TrafficWarmupOpt,
     WarmupOpt,
 )
 from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_MASTER_PORT, DEFAULT_PORT
@@ -75,6 +76,7 @@ def register(app: typer.Typer) -> None:
         dry_run: DryRunOpt = False,
         no_download: NoDownloadOpt = False,
         warmup: WarmupOpt = None,
+        traffic_warmup: TrafficWarmupOpt = None,
         nodes: NodesOpt = None,
         node_rank: NodeRankOpt = 0,
         master_addr: MasterAddrOpt = None,
@@ -126,6 +128,7 @@ def register(app: typer.Typer) -> None:
             progress=not as_json,
             as_json=as_json,
             warmup=warmup,
+            traffic_warmup=traffic_warmup,
             node_options=node_options,
         )
         bound = arg_value(plan.args, "--host") or host
@@ -187,6 +190,7 @@ def register(app: typer.Typer) -> None:
         port: PortOpt = DEFAULT_PORT,
         timeout: TimeoutOpt = None,
         warmup: WarmupOpt = None,
+        traffic_warmup: TrafficWarmupOpt = None,
         profile_dir: ProfileDirOpt = None,
         api_key_file: ApiKeyFileOpt = None,
         verbose: VerboseOpt = False,
@@ -211,6 +215,7 @@ def register(app: typer.Typer) -> None:
             timeout=timeout,
             progress=not as_json,
             warmup=warmup,
+            traffic_warmup=traffic_warmup,
         )
         try:
             spec = keys.with_key(spec, api_key)

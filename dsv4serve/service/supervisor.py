@@ -35,6 +35,7 @@ def spec_to_dict(spec: LaunchSpec) -> dict:
         "probe_interval_s": spec.probe_interval_s,
         "gpu_memory_before": [list(pair) for pair in spec.gpu_memory_before],
         "engine": spec.engine,
+        "warm_rounds": list(spec.warm_rounds),
     }
 
 
@@ -51,6 +52,7 @@ def spec_from_dict(data: dict) -> LaunchSpec:
         probe_interval_s=float(data["probe_interval_s"]),
         gpu_memory_before=tuple((str(k), int(v)) for k, v in data["gpu_memory_before"]),
         engine=str(data.get("engine", "vllm")),
+        warm_rounds=tuple(int(c) for c in data.get("warm_rounds", ())),
     )
 
 

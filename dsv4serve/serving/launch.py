@@ -42,6 +42,7 @@ class Server:
         self.pgid: int | None = None
         self.tmpdir: str | None = None
         self.ready_s: float | None = None
+        self.warm_s = 0.0  # of ready_s: the traffic warm-up's share
         self._t0 = 0.0
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._log = None
@@ -151,12 +152,38 @@ class Server:
                 ready = healthy and launch_ready.one_token(
                     self.base_url, self.spec, max(1.0, deadline - time.monotonic())
                 )
+            if ready and self.spec.warm_rounds and not self.spec.headless:
+                self._warm(deadline)
             if ready:
                 self.ready_s = self.elapsed()
                 self._emit("phase", "ready")
                 self._emit("ready", "headless" if self.spec.headless else self.base_url)
                 return self.ready_s
             time.sleep(self.spec.probe_interval_s)
+
+    def _warm(self, deadline: float) -> None:
+        """The traffic warm-up rounds (serving/warm.py) before ready: a failed round is a failed start."""
+        from dsv4serve.serving.warm import warm_traffic
+
+        self._emit("phase", "traffic warm-up")
+        timeout = max(60.0, deadline - time.monotonic())
+        try:
+            rounds = warm_traffic(
+                self.base_url,
+                self.spec.served_model_name,
+                self.spec.warm_rounds,
+                timeout,
+                launch_ready.api_key(self.spec),
+                say=lambda text: self._emit("progress", text),
+            )
+        except OSError as err:
+            raise LaunchError(
+                f"vLLM answered one token but failed its traffic warm-up: {err}",
+                "see the log; --no-traffic-warmup starts without it (the first batches may then stall)"
+                + self._log_hint(),
+            ) from None
+        self.warm_s = sum(s for _, s in rounds)
+        self._emit("log", "traffic warm-up: " + ", ".join(f"{what} {s:.1f} s" for what, s in rounds))
 
     def wait(self, watch: Watch | None = None) -> int:
         """Block until vLLM exits by itself (or `watch` raises); return its exit code."""

@@ -50,9 +50,11 @@ def prepare_launch(
     as_json: bool = False,
     warmup: str | None = None,
     node_options=None,
+    traffic_warmup: bool | None = None,
 ):
     """Plan (the planner's argv), make the weights local, and build the LaunchSpec: (plan, spec|None).
-    node_options (nodes.options.NodeOptions): the spec is that node's (a worker's: headless)."""
+    node_options (nodes.options.NodeOptions): the spec is that node's (a worker's: headless).
+    traffic_warmup: the rounds of serving/warm.py before ready; None: on for DeepSeek-V4 on GPUs."""
     from dsv4serve.engines.base import get_engine
     from dsv4serve.preflight.options import ensure_fits, plan_from_options
     from dsv4serve.preflight.render import render_plan
@@ -129,6 +131,7 @@ def prepare_launch(
         log_path=log_path(profile.name),
         gpu_memory_before=before,
         engine=engine.name,
+        warm_rounds=warm_rounds(profile, plan, traffic_warmup),
     )
     if len(plan.nodes) > 1 and node_options is not None:  # this node's own command (nodes/supervise.py)
         spec = node_spec(spec, plan, node_options.node_rank, engine.main)
@@ -155,3 +158,13 @@ def node_spec(spec: LaunchSpec, plan, rank: int, main: tuple[str, ...]) -> Launc
     env = {**dict(spec.env), **dict(node.env)}
     argv = (sys.executable, *main, *node.argv[2:])
     return dataclasses.replace(spec, argv=argv, env=env, headless=rank > 0)
+
+
+def warm_rounds(profile, plan, wanted: bool | None) -> tuple[int, ...]:
+    """The traffic warm-up's rounds: DeepSeek-V4 on GPUs compiles kernels per new request shape, so a
+    server is warmed at 1, 8 and 64 concurrent requests before ready (--no-traffic-warmup: none)."""
+    from dsv4serve.serving.warm import DEFAULT_ROUNDS
+
+    if wanted is None:
+        wanted = plan.device == "cuda" and profile.model.kv_cache is not None
+    return DEFAULT_ROUNDS if wanted else ()

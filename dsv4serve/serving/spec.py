@@ -26,6 +26,8 @@ class LaunchSpec:
     # readiness is the head's, which the `watch` of wait_ready/wait reports (dsv4serve/nodes/).
     headless: bool = False
     engine: str = "vllm"  # engines.base.get_engine: how its start-up log reads
+    # Traffic warm-up before ready (serving/warm.py): concurrent rounds of these sizes; () = none.
+    warm_rounds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
