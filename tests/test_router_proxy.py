@@ -19,7 +19,7 @@ import pytest
 
 from dsv4serve.router.profile import load_router_profile
 from dsv4serve.router.upstreams import Upstream
-from tests.router_servers import FakeUpstream, RouterThread, closed_port_url, free_port
+from tests.router_servers import RouterThread, closed_port_url, fake_pair, free_port, read_ready
 
 CLIENT = httpx.Client(trust_env=False, timeout=30)
 
@@ -39,10 +39,7 @@ def profile(**classifier):
 @pytest.fixture
 def pair():
     """A fake Flash and a fake Pro (real HTTP servers); each test sets their behaviour."""
-    flash, pro = FakeUpstream("flash-model"), FakeUpstream("pro-model")
-    yield flash, pro
-    flash.close()
-    pro.close()
+    yield from fake_pair()
 
 
 @pytest.fixture
@@ -92,7 +89,7 @@ def test_a_junk_classification_falls_back_to_flash(pair, start_router, junk):
     resp = post(router, chat("hi"))
     assert resp.status_code == 200 and resp.json()["model"] == "flash-model"
     assert resp.headers["x-dsv4serve-route-reason"] == "parse-error"
-    assert not pro.calls
+    assert not pro.served_calls()
     assert router.metric("dsv4serve_route_requests_total", route="flash", reason="parse-error") == 1
     assert router.metric("dsv4serve_route_classifier_tokens_total", kind="completion") == 7  # spent anyway
     assert router.metric(
@@ -188,7 +185,7 @@ def test_asking_for_an_upstreams_model_pins_it(pair, start_router):
         resp.headers["x-dsv4serve-route"] == "pro"
         and resp.headers["x-dsv4serve-route-reason"] == "rule:model"
     )
-    assert pro.served_calls()[0]["path"] == "/v1/completions" and not flash.calls
+    assert pro.served_calls()[0]["path"] == "/v1/completions" and not flash.served_calls()
 
 
 def test_streams_pass_through_chunk_by_chunk(pair, start_router):
@@ -305,7 +302,7 @@ def test_route_serves_until_sigint_and_never_prints_keys(pair, tmp_path):
         env={**os.environ, "DSV4SERVE_PRO_API_KEY": "sk-secret-123"},
     )
     try:
-        ready = json.loads(_read_json(proc))
+        ready = read_ready(proc)
         assert ready["upstreams"]["pro"]["model"] == "pro-model" and ready["upstreams"]["flash"]["up"]
         resp = CLIENT.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=chat("hi"))
         assert resp.status_code == 200
@@ -316,15 +313,6 @@ def test_route_serves_until_sigint_and_never_prints_keys(pair, tmp_path):
         out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0
     assert "sk-secret" not in out + err
-
-
-def _read_json(proc) -> str:
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("}"):
-            return "".join(lines)
-    raise AssertionError(f"no ready event; stderr: {proc.stderr.read()}")
 
 
 def _stat(pid: int | str) -> tuple[str, int] | None:
@@ -352,7 +340,7 @@ def _start_workers(pair, tmp_path, workers: int):
         text=True,
         env={**os.environ, "TMPDIR": str(tmp_path)},  # where the workers' metric files go
     )
-    ready = json.loads(_read_json(proc))
+    ready = read_ready(proc)
     assert ready["workers"] == workers
     return proc, f"http://127.0.0.1:{port}"
 

@@ -6,8 +6,17 @@ import shlex
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand
 
-from dsv4serve.commands.options import HardwareOpt, HostOpt, JsonOpt, PortOpt, ProfileDirOpt, check_gpus
+from dsv4serve.commands.options import (
+    ApiKeyFileOpt,
+    HardwareOpt,
+    HostOpt,
+    JsonOpt,
+    PortOpt,
+    ProfileDirOpt,
+    check_gpus,
+)
 from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_PORT
 
 UrlOpt = Optional[str]  # noqa: UP045 - typer needs Optional here
@@ -19,9 +28,38 @@ RouterProfileArg = Annotated[
     ),
 ]
 
+# route's and route eval's
+FlashModelOpt = Annotated[
+    UrlOpt,
+    typer.Option("--flash-model", metavar="NAME", help="Flash's model name (default: its /v1/models)."),
+]
+FlashKeyFileOpt = Annotated[
+    UrlOpt,
+    typer.Option(
+        "--flash-key-file",
+        metavar="FILE",
+        help="File holding Flash's API key (else $DSV4SERVE_FLASH_API_KEY).",
+    ),
+]
+ProKeyFileOpt = Annotated[
+    UrlOpt,
+    typer.Option(
+        "--pro-key-file", metavar="FILE", help="File holding Pro's API key (else $DSV4SERVE_PRO_API_KEY)."
+    ),
+]
+
+
+class RouteCommand(TyperCommand):
+    """`route` serves; `route eval DATASET` (eval as the first word) evaluates the routing instead."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        if args and args[0] == "eval":
+            return _eval_command().make_context(f"{info_name} eval", list(args[1:]), parent=parent, **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("route")
+    @app.command("route", cls=RouteCommand)
     def route_command(
         router_profile: RouterProfileArg = "default",
         flash: Annotated[
@@ -40,32 +78,23 @@ def register(app: typer.Typer) -> None:
                 help="Pro's URL (http://127.0.0.1:8002), or a model profile the router starts itself.",
             ),
         ] = None,
-        flash_model: Annotated[
-            UrlOpt,
-            typer.Option(
-                "--flash-model", metavar="NAME", help="Flash's model name (default: its /v1/models)."
-            ),
-        ] = None,
+        flash_model: FlashModelOpt = None,
         pro_model: Annotated[
             UrlOpt,
             typer.Option("--pro-model", metavar="NAME", help="Pro's model name (default: its /v1/models)."),
         ] = None,
-        flash_key_file: Annotated[
-            UrlOpt,
-            typer.Option(
-                "--flash-key-file", help="File holding Flash's API key (else $DSV4SERVE_FLASH_API_KEY)."
-            ),
-        ] = None,
-        pro_key_file: Annotated[
-            UrlOpt,
-            typer.Option(
-                "--pro-key-file",
-                metavar="FILE",
-                help="File holding Pro's API key (else $DSV4SERVE_PRO_API_KEY).",
-            ),
-        ] = None,
+        flash_key_file: FlashKeyFileOpt = None,
+        pro_key_file: ProKeyFileOpt = None,
         host: HostOpt = DEFAULT_HOST,
         port: PortOpt = DEFAULT_PORT,
+        api_key_file: ApiKeyFileOpt = None,
+        insecure_no_key: Annotated[
+            bool,
+            typer.Option(
+                "--insecure-no-key",
+                help="Serve a non-loopback --host without a client key (anyone may use Pro).",
+            ),
+        ] = False,
         explain: Annotated[
             UrlOpt,
             typer.Option("--explain", metavar="PROMPT", help="Print the decision for PROMPT; serve nothing."),
@@ -118,7 +147,8 @@ def register(app: typer.Typer) -> None:
 
         --flash and --pro take a running server's URL, or a model profile: then the router plans both
         before anything starts, starts them on 127.0.0.1 with GPUs of their own, and stops them with
-        itself."""
+        itself. `dsv4serve route eval DATASET.jsonl --flash URL` measures the routing on labelled
+        prompts (see `dsv4serve route eval --help`)."""
         from dsv4serve.errors import UsageError
         from dsv4serve.router.pair import Member, is_url
         from dsv4serve.router.profile import load_router_profile
@@ -131,6 +161,16 @@ def register(app: typer.Typer) -> None:
         if explain is None and not pro:
             raise UsageError("--pro is required to serve", _PAIR_HINT)
         profile = load_router_profile(router_profile)
+        api_key = None
+        if explain is None:
+            from dsv4serve.service import keys
+
+            api_key = keys.read_api_key(api_key_file)
+            if not api_key and not keys.is_loopback(host) and not insecure_no_key:
+                raise UsageError(
+                    f"--host {host} without a client key: anyone who reaches the port would use Pro",
+                    f"set --api-key-file FILE or ${keys.ENV_NAME}, or pass --insecure-no-key",
+                )
         if explain is not None:
             if not is_url(flash) or (pro and not is_url(pro)):
                 raise UsageError("--explain asks running servers: give --flash (and --pro) as URLs")
@@ -170,13 +210,14 @@ def register(app: typer.Typer) -> None:
             n: make_upstream(n, given[n], names[n], keys[n]) if is_url(given[n]) else started.upstream(n)
             for n in ("flash", "pro")
         }
+        from dsv4serve.router.server import Setup
+
+        setup = Setup(profile, upstreams["flash"], upstreams["pro"], api_key)
         serve = lambda: _serve(  # noqa: E731
-            profile,
-            upstreams["flash"],
-            upstreams["pro"],
+            setup,
             sock,
             f"http://{host}:{port}",
-            (flash_key_file, pro_key_file),
+            (flash_key_file, pro_key_file, api_key_file),
             workers,
             as_json,
         )
@@ -249,19 +290,24 @@ def _explain(profile, flash, pro, prompt: str, tools: bool, as_json: bool) -> No
     if result.classifier_ms:
         tokens = f"{result.prompt_tokens} prompt + {result.completion_tokens} completion tokens"
         out.print(f"classifier: {result.classifier_ms:.1f} ms, {tokens}", markup=False)
+    if result.p_complex is not None:
+        out.print(f"P(complex): {result.p_complex:.4f}", markup=False)
     if result.detail:
         out.print(f"detail: {result.detail}", markup=False)
 
 
-def _serve(profile, flash, pro, sock, url: str, key_files, workers: int, as_json: bool) -> None:
+def _serve(setup, sock, url: str, key_files, workers: int, as_json: bool) -> None:
     import sys
 
     from dsv4serve.render import console, print_json
     from dsv4serve.router.dispatch import ROUTER_MODEL
     from dsv4serve.router.server import serve
     from dsv4serve.router.upstreams import key_source
+    from dsv4serve.service.keys import ENV_NAME
 
+    profile = setup.profile
     keys = {"flash": key_source("flash", key_files[0]), "pro": key_source("pro", key_files[1])}
+    clients = "no key" if not setup.api_key else f"key from {key_files[2] or '$' + ENV_NAME}"
 
     def on_ready(state: dict) -> None:
         if as_json:
@@ -270,13 +316,19 @@ def _serve(profile, flash, pro, sock, url: str, key_files, workers: int, as_json
                 "endpoint": url + "/v1",
                 "model": ROUTER_MODEL,
                 "profile": profile.name,
+                "mode": profile.mode,
                 "workers": workers,
+                "client_key": bool(setup.api_key),
             }
             print_json({**event, "upstreams": state})
             return
         out = console()
         procs = f"{workers} workers" if workers > 1 else "1 worker"
-        out.print(f"router {profile.name} ready: {url}/v1  (model: {ROUTER_MODEL}, {procs})", markup=False)
+        out.print(
+            f"router {profile.name} ready: {url}/v1  (model: {ROUTER_MODEL}, {profile.mode}, {procs}; "
+            f"clients: {clients})",
+            markup=False,
+        )
         for name, s in state.items():
             then = (
                 "its requests go to Flash until it answers"
@@ -286,11 +338,104 @@ def _serve(profile, flash, pro, sock, url: str, key_files, workers: int, as_json
             where = f"model {s['model']}" if s["up"] else f"{s['error']}: {then}"
             out.print(f"  {name:5}  {s['url']}  {where}  ({keys[name]})", markup=False)
         body = f'{{"model": "{ROUTER_MODEL}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
-        curl = f"curl -i {url}/v1/chat/completions -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+        auth = f' -H "Authorization: Bearer ${ENV_NAME}"' if setup.api_key else ""
+        curl = (
+            f"curl -i {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
+            f"-d {shlex.quote(body)}"
+        )
         out.print(curl, markup=False, crop=False, overflow="ignore")
         out.print(f"metrics: {url}/metrics   Ctrl-C stops the router", markup=False)
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    serve(profile, flash, pro, sock, on_ready, workers, say)
+    serve(setup, sock, on_ready, workers, say)
+
+
+def _eval_command():
+    """`route eval` as a click command of its own (RouteCommand hands it the arguments after `eval`)."""
+    sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+    sub.command("eval")(eval_command)
+    return typer.main.get_command(sub)
+
+
+def eval_command(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            metavar="DATASET",
+            help="JSONL of {prompt or messages, level: simple|complex, kind?}; or `builtin`.",
+        ),
+    ],
+    flash: Annotated[
+        UrlOpt, typer.Option("--flash", metavar="URL", help="Flash's URL: it classifies.")
+    ] = None,
+    pro: Annotated[
+        UrlOpt,
+        typer.Option("--pro", metavar="URL", help="Pro's URL (its max_model_len; never sent prompts)."),
+    ] = None,
+    router_profile: Annotated[
+        str, typer.Option("--router-profile", help="Router profile: a name or a YAML path.")
+    ] = "default",
+    flash_model: FlashModelOpt = None,
+    flash_key_file: FlashKeyFileOpt = None,
+    pro_key_file: ProKeyFileOpt = None,
+    price: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--price",
+            metavar="MODEL=PRICE",
+            help="flash=IN/OUT per million tokens, or flash=GPUSgpu@TOKENS_PER_S; once per model "
+            "(default: relative, by active parameters).",
+        ),
+    ] = None,
+    completion_tokens: Annotated[
+        int, typer.Option("--completion-tokens", min=0, help="Output tokens a request, unless a line says.")
+    ] = 300,
+    target_pro_share: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            "--target-pro-share",
+            metavar="SHARE",
+            min=0.0,
+            max=1.0,
+            help="Calibrate classifier.threshold for it.",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option("--concurrency", min=1, max=256, help="Classifier calls at once (1: clean latency)."),
+    ] = 1,
+    limit: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--limit", min=1, help="Only the first N examples."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the router's decisions on labelled prompts: confusion, Pro share, cost vs always-Pro, latency,
+    baselines (always-Flash, always-Pro, a length rule, random), a calibrated threshold."""
+    from dsv4serve.errors import UsageError
+    from dsv4serve.render import print_json
+    from dsv4serve.router import evaluate as ev
+    from dsv4serve.router.profile import load_router_profile
+    from dsv4serve.router.server import require_stack
+    from dsv4serve.router.upstreams import make_upstream
+
+    require_stack()
+    if not flash:
+        raise UsageError(
+            "--flash is required: Flash classifies every prompt", "e.g. --flash http://127.0.0.1:8001"
+        )
+    profile = load_router_profile(router_profile)
+    prices = ev.parse_prices(price)
+    name, examples = ev.load_dataset(dataset)
+    examples = examples[:limit] if limit else examples
+    up_flash = make_upstream("flash", flash, flash_model, flash_key_file)
+    up_pro = make_upstream("pro", pro, None, pro_key_file) if pro else None
+    outcomes = ev.evaluate(profile, up_flash, up_pro, examples, concurrency)
+    result = ev.report(examples, outcomes, prices, completion_tokens, target_pro_share)
+    if as_json:
+        print_json({"dataset": name, "profile": profile.name, **result})
+        return
+    for line in ev.render(name, profile.name, result):
+        print(line)

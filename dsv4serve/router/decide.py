@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from dsv4serve.router.profile import LEVELS, Classifier, RouterProfile, Rule
+from dsv4serve.router.profile import LEVELS, ROUTES, Classifier, RouterProfile, Rule
 
 # Reasons a request ends where it does (the x-dsv4serve-route-reason header and the metrics label).
 CLASSIFIED = {"simple": "classified-simple", "complex": "classified-complex"}
@@ -16,6 +17,15 @@ PARSE_ERROR = "parse-error"  # the classifier answered, but not one of the level
 TIMEOUT = "timeout"  # the classifier did not answer within classifier.timeout_s
 CLASSIFIER_ERROR = "classifier-error"  # the classifier call failed (HTTP error, connection refused)
 PRO_UNAVAILABLE = "pro-unavailable"  # Pro was chosen but could not be reached
+SESSION = "session"  # the conversation's model (x-session-id, or its first system and user messages)
+HEADER = "header"  # the client's x-dsv4serve-tier
+CONTEXT = "context-window"  # the request fits only one model's max_model_len
+TIER_HEADER = "x-dsv4serve-tier"
+# Reasons a conversation remembers: a fallback (the classifier failed, Pro was down) is not its model.
+REMEMBERED = (*CLASSIFIED.values(), HEADER, CONTEXT)
+TOP_LOGPROBS = 10  # alternatives per answer token, for the classifier's confidence
+# Tokens a chat template may add around the messages (role markers, a default system prompt).
+TEMPLATE_TOKENS = 256
 LEVEL_SCHEMA = {
     "type": "object",
     "properties": {"level": {"type": "string", "enum": list(LEVELS)}},
@@ -35,6 +45,7 @@ class Decision:
     classifier_s: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    p_complex: float | None = None  # the classifier's confidence, from its logprobs
 
 
 def to_flash(decision: Decision, detail: str) -> Decision:
@@ -54,6 +65,54 @@ def _content_text(content: Any) -> str:
         parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
         return "\n".join(p for p in parts if isinstance(p, str))
     return ""
+
+
+def is_tool_result(body: dict, endpoint: str) -> bool:
+    """A chat turn that hands tool results back: its model must be the one that called the tools."""
+    messages = body.get("messages") if endpoint == "chat" else None
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return False
+    return messages[-1].get("role") in ("tool", "function")
+
+
+def requested_tier(value: str | None) -> str | None:
+    """The x-dsv4serve-tier header: flash, pro, or absent; anything else is the client's mistake."""
+    if value is None:
+        return None
+    tier = value.strip().lower()
+    if tier not in ROUTES:
+        raise ValueError(f"{TIER_HEADER}: {value!r:.40} is not flash or pro")
+    return tier
+
+
+def output_tokens(body: dict) -> int:
+    """The tokens a request asks to generate (max_tokens), 1 when it leaves that to the server."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = _int(body.get(name))
+        if value > 0:
+            return value
+    return 1
+
+
+def token_bound(size: int) -> int:
+    """At most this many prompt tokens, from the request body's size in bytes: a byte-level BPE token
+    holds at least one byte of text, and the JSON around the text is longer than the template's markers."""
+    return size + TEMPLATE_TOKENS
+
+
+def tokenize_body(body: dict, endpoint: str, model: str) -> dict | None:
+    """vLLM's /tokenize request counting the request's prompt as the model will see it, or None."""
+    if endpoint == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return None
+        out = {"model": model, "messages": messages}
+        for key in ("tools", "chat_template_kwargs"):
+            if body.get(key):
+                out[key] = body[key]
+        return out
+    prompt = body.get("prompt")
+    return {"model": model, "prompt": prompt} if isinstance(prompt, str) else None
 
 
 def request_text(body: dict, endpoint: str) -> str:
@@ -111,6 +170,9 @@ def classifier_body(classifier: Classifier, model: str, text: str) -> dict:
         "stream": False,
         # DeepSeek-V4's template thinks only when asked; thinking tokens would eat the small budget.
         "chat_template_kwargs": {"thinking": False},
+        # The answer's token alternatives give P(complex): a threshold instead of the bare label.
+        "logprobs": True,
+        "top_logprobs": TOP_LOGPROBS,
     }
     if classifier.method == "choice":
         body["structured_outputs"] = {"choice": list(LEVELS)}
@@ -152,6 +214,49 @@ def parse_level(method: str, answer: Any) -> str:
     if level not in LEVELS:
         raise ParseFailure(f"level {level!r:.100} is not one of {', '.join(LEVELS)}")
     return level
+
+
+def complex_probability(answer: Any, level: str) -> float | None:
+    """P(complex) from the logprobs of the answer's token where the level begins: the alternatives there
+    that spell "complex" against those that spell "simple" (structured output masks every other token,
+    so they are all there is). None when the answer carries no logprobs."""
+    try:
+        content = answer["choices"][0]["message"]["content"]
+        tokens = answer["choices"][0]["logprobs"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(content, str) or not isinstance(tokens, list):
+        return None
+    start = content.rfind(level)
+    if start < 0:
+        return None
+    before = ""
+    for token in tokens:
+        text = token.get("token") if isinstance(token, dict) else None
+        if not isinstance(text, str):
+            return None
+        if len(before) + len(text) > start:  # this token holds the level's first character
+            mass = {"simple": 0.0, "complex": 0.0}
+            for alt in token.get("top_logprobs") or [token]:
+                word = _spelled(before + str(alt.get("token", "")), content[:start])
+                logprob = alt.get("logprob")
+                if word and isinstance(logprob, (int, float)) and logprob > -1000:  # vLLM's -9999: masked
+                    mass[word] += math.exp(logprob)
+            total = mass["simple"] + mass["complex"]
+            return round(mass["complex"] / total, 6) if total > 0 else None
+        before += text
+    return None
+
+
+def _spelled(text: str, prefix: str) -> str | None:
+    """The level a candidate answer text begins to spell after `prefix`, if any."""
+    if not text.startswith(prefix) or len(text) <= len(prefix):
+        return None
+    rest = text[len(prefix) :]
+    for word in LEVELS:
+        if word.startswith(rest) or rest.startswith(word):
+            return word
+    return None
 
 
 def _int(value: Any) -> int:

@@ -5,24 +5,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
+import sqlite3
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from dsv4serve.router import decide
 from dsv4serve.router.decide import Decision
 from dsv4serve.router.metrics import Metrics
 from dsv4serve.router.profile import RouterProfile
+from dsv4serve.router.sessions import SESSION_HEADER, SessionStore, session_key
 from dsv4serve.router.upstreams import Upstream
 
 LOOKUP_TIMEOUT_S = 3.0  # /v1/models and /health of an upstream
 ROUTER_MODEL = "auto"  # the model name the router itself serves: "let the router choose"
 
 
+class TooLong(Exception):
+    """Neither model's max_model_len holds the request."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a decision reads from one request."""
+
+    body: dict
+    endpoint: str  # chat | completions
+    text: str  # what the classifier judges
+    session: str | None  # the conversation's key (None: sessions off, or none to tell)
+    tier: str | None  # the client's x-dsv4serve-tier
+    tool_result: bool
+    size: int  # the body's bytes
+
+
 class Router:
     """Holds the HTTP clients for both upstreams and decides where each request goes."""
 
     def __init__(
-        self, profile: RouterProfile, flash: Upstream, pro: Upstream, metrics: Metrics | None = None
+        self,
+        profile: RouterProfile,
+        flash: Upstream,
+        pro: Upstream,
+        metrics: Metrics | None = None,
+        sessions_path: str | None = None,
     ):
         import httpx
 
@@ -44,8 +71,14 @@ class Router:
         self._session: Any = None  # the proxied streams' aiohttp session, made in the event loop
         self.pro_down_until = 0.0
         self.errors: dict[str, str] = {}  # the last failed lookup of each upstream
+        self.limits: dict[str, int] = {}  # each upstream's max_model_len from its /v1/models (0: not told)
+        self.limit_retry: dict[str, float] = {}
+        s = profile.sessions
+        self.sessions = SessionStore(sessions_path, s.idle_s, s.max_sessions) if s.enabled else None
 
     async def aclose(self) -> None:
+        if self.sessions is not None:
+            self.sessions.close()
         await self.client.aclose()
         if self._session is not None:
             await self._session.close()
@@ -87,7 +120,10 @@ class Router:
         else:
             if resp.status_code == 200:
                 with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
-                    return str(resp.json()["data"][0]["id"])
+                    card = resp.json()["data"][0]
+                    limit = card.get("max_model_len")
+                    self.limits[name] = limit if isinstance(limit, int) and limit > 0 else 0  # 0: not told
+                    return str(card["id"])
                 error, kind = "/v1/models names no model", "models_bad_answer"
             else:
                 hint = ": check its key" if resp.status_code in (401, 403) else ""
@@ -119,21 +155,134 @@ class Router:
     def mark_pro_down(self) -> None:
         self.pro_down_until = time.monotonic() + self.profile.timeouts.pro_retry_s
         self.models["pro"] = self.upstreams["pro"].model  # a restarted Pro may serve another name
+        self.limits.pop("pro", None)  # or another max_model_len
 
-    async def decide(self, body: dict, endpoint: str) -> Decision:
-        """Where a request goes: a pinned model name, a rule, or Flash's classification."""
-        requested = body.get("model")
+    def read(
+        self, body: dict, endpoint: str, headers: Mapping[str, str] | None = None, size: int = 0
+    ) -> Request:
+        """What the decision reads from a request; ValueError for a bad x-dsv4serve-tier."""
+        headers = headers or {}
+        session = None
+        if self.sessions is not None:
+            session = session_key(body, endpoint, headers.get(SESSION_HEADER))
+        return Request(
+            body,
+            endpoint,
+            decide.request_text(body, endpoint),
+            session,
+            decide.requested_tier(headers.get(decide.TIER_HEADER)),
+            decide.is_tool_result(body, endpoint),
+            size or len(json.dumps(body)),
+        )
+
+    async def decide(self, body: dict, endpoint: str, headers: Mapping[str, str] | None = None) -> Decision:
+        """Where a request goes (classify-first): the decision without a classifier call if one applies,
+        else Flash's classification; the conversation remembers it."""
+        request = self.read(body, endpoint, headers)
+        decision = await self.pre_decide(request)
+        if decision is None:
+            decision = await self.classify(request.text)
+        return self.settle(request, decision)
+
+    async def pre_decide(self, request: Request) -> Decision | None:
+        """The decision when no classifier call is needed, else None: the context window, the client's
+        x-dsv4serve-tier, a pinned model name, the conversation's model, a rule, Pro known down.
+        TooLong when neither model holds the request."""
+        fits = await self.fitting(request)
+        if len(fits) == 1:
+            return Decision(fits[0], decide.CONTEXT, f"only {fits[0]}'s max_model_len holds it")
+        if request.tier:
+            return Decision(request.tier, decide.HEADER)
+        requested = request.body.get("model")
         for name in ("pro", "flash"):
             if requested and requested == self.models[name]:
                 return Decision(name, "rule:model")
-        text = decide.request_text(body, endpoint)
-        rule = decide.matching_rule(self.profile, body, endpoint, text)
+        tier = self._session_tier(request.session)
+        if tier == "pro" or (tier == "flash" and request.tool_result):
+            return Decision(tier, decide.SESSION)
+        rule = decide.matching_rule(self.profile, request.body, request.endpoint, request.text)
         if rule is not None:
             return Decision(rule.route, f"rule:{rule.name}")
+        if tier == "flash" and not self.profile.sessions.reclassify:
+            return Decision(tier, decide.SESSION)
         if self.pro_known_down():  # no classifier call whose answer could not be followed
             wait = self.profile.timeouts.pro_retry_s
             return Decision("flash", decide.PRO_UNAVAILABLE, f"pro failed less than {wait:g} s ago")
-        return await self.classify(text)
+        return None
+
+    def settle(self, request: Request, decision: Decision) -> Decision:
+        """The conversation takes the decision's model (it only escalates); fallbacks are not remembered.
+        A Flash decision in a Pro conversation (a rule's, say) then answers on Pro, as `session`."""
+        remembered = decision.reason in decide.REMEMBERED or decision.reason.startswith("rule:")
+        if request.session is None or not remembered or decision.reason == "rule:model":
+            return decision
+        if decision.reason in (decide.HEADER, decide.CONTEXT) and decision.route == "flash":
+            return decision  # the client's or the window's choice for this request, not a downgrade
+        try:
+            tier, evicted = self.sessions.escalate(request.session, decision.route)
+        except sqlite3.Error as err:  # sessions help; a request never fails for them
+            self.metrics.upstream_errors.labels("sessions", type(err).__name__).inc()
+            return decision
+        if evicted:
+            self.metrics.session_events.labels("evicted").inc(evicted)
+        if tier != decision.route:
+            return dataclasses.replace(decision, route=tier, reason=decide.SESSION)
+        return decision
+
+    def _session_tier(self, key: str | None) -> str | None:
+        if key is None:
+            return None
+        try:
+            return self.sessions.get(key)
+        except sqlite3.Error as err:
+            self.metrics.upstream_errors.labels("sessions", type(err).__name__).inc()
+            return None
+
+    async def fitting(self, request: Request) -> tuple[str, ...]:
+        """The models whose max_model_len holds the request's prompt and max_tokens: both unless it may be
+        long (then Flash's /tokenize counts it). TooLong when neither does."""
+        limits = {name: await self.limit(name) for name in ("flash", "pro")}
+        known = [v for v in limits.values() if v]
+        want = decide.output_tokens(request.body)
+        if not known or decide.token_bound(request.size) + want <= min(known):
+            return ("flash", "pro")
+        count = await self.count_tokens(request)
+        if count is None:  # no count: the upstream judges (vLLM answers 400)
+            return ("flash", "pro")
+        fits = tuple(n for n in ("flash", "pro") if limits[n] is None or count + want <= limits[n])
+        if not fits:
+            held = ", ".join(f"{n} {limits[n]}" for n in ("flash", "pro"))
+            raise TooLong(f"the request needs {count} prompt + {want} output tokens; max_model_len: {held}")
+        return fits
+
+    async def limit(self, name: str) -> int | None:
+        """The upstream's max_model_len from its /v1/models (looked up at most every pro_retry_s)."""
+        if name not in self.limits and time.monotonic() >= self.limit_retry.get(name, 0.0):
+            self.limit_retry[name] = time.monotonic() + self.profile.timeouts.pro_retry_s
+            await self.lookup(name)
+        return self.limits.get(name) or None
+
+    async def count_tokens(self, request: Request) -> int | None:
+        """The request's prompt tokens as Flash's /tokenize counts them (Flash and Pro share a tokenizer)."""
+        import httpx
+
+        model = await self.model("flash")
+        body = decide.tokenize_body(request.body, request.endpoint, model or "")
+        if body is None:
+            prompt = request.body.get("prompt")  # token ids count themselves
+            ids = isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
+            return len(prompt) if ids else None
+        try:
+            resp = await self.client.post(
+                self.url("flash", "/tokenize"),
+                json=body,
+                headers=self.upstreams["flash"].headers(),
+                timeout=LOOKUP_TIMEOUT_S,
+            )
+            count = resp.json().get("count") if resp.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            count = None
+        return count if isinstance(count, int) else None
 
     async def classify(self, text: str) -> Decision:
         """Ask Flash for the level with structured output; every failure falls back to Flash."""
@@ -174,5 +323,10 @@ class Router:
             level = decide.parse_level(c.method, answer)
         except decide.ParseFailure as err:
             return Decision("flash", decide.PARSE_ERROR, str(err), 0.0, *tokens)
+        p = decide.complex_probability(answer, level)
+        detail = ""
+        if c.threshold is not None and p is not None:
+            level = "complex" if p >= c.threshold else "simple"
+            detail = f"P(complex) {p:.3f} {'>=' if level == 'complex' else '<'} threshold {c.threshold:g}"
         route = "pro" if level == "complex" else "flash"
-        return Decision(route, decide.CLASSIFIED[level], "", 0.0, *tokens)
+        return Decision(route, decide.CLASSIFIED[level], detail, 0.0, *tokens, p_complex=p)

@@ -37,6 +37,18 @@ class Metrics:
             ["upstream", "kind"],
             registry=self.registry,
         )
+        self.session_events = Counter(
+            "dsv4serve_route_session_events",
+            "Conversations: evicted (the oldest, beyond sessions.max_sessions).",
+            ["event"],
+            registry=self.registry,
+        )
+        self.parallel = Counter(
+            "dsv4serve_route_parallel",
+            "Parallel mode: Flash's answer kept (simple), or cancelled before any byte left (complex).",
+            ["outcome"],
+            registry=self.registry,
+        )
         # What the router itself adds before the upstream sees the request (classifier excluded), from
         # the complete request body: parsing it, the decision, rewriting the model name. Buckets at most
         # 1.5x apart from 0.1 ms to 1 s, so interpolated p50/p99 are within ~25% both near the goal (2 and

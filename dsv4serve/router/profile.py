@@ -1,8 +1,9 @@
 """Router profiles: YAML -> frozen RouterProfile, with the same file:line errors as model profiles.
 
 A router profile says how to classify (the prompt with its criteria, the structured-output method, token
-and time limits), how long to wait for upstreams, and which rules route a request without asking the
-classifier. Router profiles live apart from model profiles (dsv4serve/router/profiles/ and
+and time limits, an optional confidence threshold), whether Flash starts answering while it classifies,
+how conversations keep their model, how long to wait for upstreams, and which rules route a request
+without asking the classifier. Router profiles live apart from model profiles (dsv4serve/router/profiles/ and
 $XDG_CONFIG_HOME/dsv4serve/router/), so `dsv4serve profiles list` never shows them.
 """
 
@@ -21,6 +22,9 @@ ROUTES = ("flash", "pro")
 LEVELS = ("simple", "complex")  # the classifier's answers; complex goes to Pro
 METHODS = ("compact_json", "json_schema", "choice")  # see decide.classifier_body
 ENDPOINTS = ("chat", "completions")
+# classify-first: the classifier answers, then the chosen model starts; parallel: Flash starts answering
+# while the classifier runs (see router/app.py)
+MODES = ("classify-first", "parallel")
 DEFAULT_PROFILE = "default"
 SUFFIXES = (".yaml", ".yml")
 # The shortest answer, {"level":"simple"}, is 18 characters; byte-level tokenizers spend one token per
@@ -37,6 +41,9 @@ class Classifier:
     max_tokens: int = 32
     timeout_s: float = 10.0
     max_input_chars: int = 8000  # the request text shown to the classifier is cut to this (head and tail)
+    # Pro when the classifier's P(complex) (from its logprobs) is at least this; None: its label decides.
+    # `dsv4serve route eval --target-pro-share` calibrates it on labelled prompts.
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,18 @@ class Timeouts:
     connect_s: float = 3.0
     read_s: float = 600.0  # between two chunks of an answer, not the whole answer
     pro_retry_s: float = 10.0  # after Pro refused a connection, send to Flash without trying for this long
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """Conversations keep their model: routing within one only escalates (Flash -> Pro)."""
+
+    enabled: bool = True
+    idle_s: float = 1800.0  # a conversation idle this long is forgotten; its next turn is decided afresh
+    max_sessions: int = 100_000  # the oldest (least recently seen) go first beyond this
+    # A Flash conversation's new user turns are classified again (a Pro one's never are). Off: a
+    # conversation is classified once; rules, x-dsv4serve-tier or the context window escalate it.
+    reclassify: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,8 @@ class RouterProfile:
     name: str
     classifier: Classifier
     description: str = ""
+    mode: str = "classify-first"
+    sessions: Sessions = Sessions()
     timeouts: Timeouts = Timeouts()
     rules: tuple[Rule, ...] = ()
 
@@ -144,6 +165,21 @@ def _check(profile: RouterProfile, doc: LocatedMap) -> None:
         f"at least {MIN_CLASSIFIER_TOKENS}: the JSON answer is ~18 characters",
     )
     need(c.max_input_chars > 0, ("classifier", "max_input_chars"), "must be positive", "e.g. 8000")
+    need(
+        c.threshold is None or c.threshold <= 1,
+        ("classifier", "threshold"),
+        f"{c.threshold} is not a probability",
+        "between 0 and 1; `dsv4serve route eval --target-pro-share` calibrates one",
+    )
+    need(
+        profile.mode in MODES,
+        ("mode",),
+        not_a(profile.mode, "a mode"),
+        f"one of {', '.join(MODES)}",
+    )
+    s = profile.sessions
+    need(s.idle_s > 0, ("sessions", "idle_s"), "must be positive", "seconds, e.g. 1800")
+    need(s.max_sessions > 0, ("sessions", "max_sessions"), "must be positive", "e.g. 100000")
     for keys, value in (
         (("classifier", "timeout_s"), c.timeout_s),
         (("timeouts", "connect_s"), t.connect_s),

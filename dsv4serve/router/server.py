@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dsv4serve.errors import LaunchError, UsageError
 from dsv4serve.router import decide
@@ -31,6 +32,7 @@ class Explanation:
     completion_tokens: int
     flash_model: str | None
     pro_model: str | None
+    p_complex: float | None = None
 
 
 def require_stack() -> None:
@@ -84,10 +86,20 @@ def listening_socket(family: int, address, reuse_port: bool) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What every worker serves with: the router profile, both upstreams, the key clients must send (never
+    in repr), and the conversations' shared database (None: one worker, in its memory)."""
+
+    profile: RouterProfile
+    flash: Upstream
+    pro: Upstream
+    api_key: str | None = field(default=None, repr=False)
+    sessions_path: str | None = None
+
+
 def serve(
-    profile: RouterProfile,
-    flash: Upstream,
-    pro: Upstream,
+    setup: Setup,
     sock: socket.socket,
     on_ready: Callable[[dict], None],
     workers: int = 1,
@@ -97,10 +109,11 @@ def serve(
     state once the first worker has started; say() reports a worker that died."""
     from dsv4serve.router import workers as pool
 
-    with pool.shared_metrics(workers):
-        children = pool.spawn_workers(workers - 1, sock, (profile, flash, pro))
+    with pool.shared_metrics(workers), pool.shared_sessions(workers) as sessions_path:
+        setup = dataclasses.replace(setup, sessions_path=sessions_path)
+        children = pool.spawn_workers(workers - 1, sock, setup)
         try:
-            _run(profile, flash, pro, sock, on_ready, _watch(children, workers, say) if children else None)
+            _run(setup, sock, on_ready, _watch(children, workers, say) if children else None)
         finally:
             pool.stop_workers(children)
 
@@ -120,26 +133,19 @@ def _watch(children: list, total: int, say: Callable[[str], None]):
     return watch
 
 
-def run_worker(profile: RouterProfile, flash: Upstream, pro: Upstream, sock: socket.socket) -> None:
+def run_worker(setup: Setup, sock: socket.socket) -> None:
     """A spawned worker (router/workers.py): serve on its own socket until stopped."""
-    _run(profile, flash, pro, sock, None)
+    _run(setup, sock, None)
 
 
-def _run(
-    profile: RouterProfile,
-    flash: Upstream,
-    pro: Upstream,
-    sock: socket.socket,
-    on_ready: Callable[[dict], None] | None,
-    watch=None,
-) -> None:
+def _run(setup: Setup, sock: socket.socket, on_ready: Callable[[dict], None] | None, watch=None) -> None:
     """One worker: its own Router (clients, metrics) and uvicorn loop on the shared socket."""
     import uvicorn
 
     from dsv4serve.router.app import create_app
 
-    router = Router(profile, flash, pro, Metrics())
-    app = create_app(router)
+    router = Router(setup.profile, setup.flash, setup.pro, Metrics(), setup.sessions_path)
+    app = create_app(router, setup.api_key)
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
@@ -212,6 +218,7 @@ def explain(
                 decision.completion_tokens,
                 flash_model,
                 pro_model,
+                decision.p_complex,
             )
         finally:
             await router.aclose()

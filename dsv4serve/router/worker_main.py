@@ -10,8 +10,8 @@ import sys
 def main() -> None:
     from dsv4serve.router import server
 
-    profile, flash, pro, family, address = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - our parent
-    server.run_worker(profile, flash, pro, server.listening_socket(family, address, reuse_port=True))
+    setup, family, address = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - our parent
+    server.run_worker(setup, server.listening_socket(family, address, reuse_port=True))
 
 
 if __name__ == "__main__":

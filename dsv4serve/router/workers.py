@@ -1,11 +1,12 @@
-"""Several router processes on one listening socket, with one /metrics for all of them.
+"""Several router processes on one listening socket, with one /metrics and one conversation state.
 
 One event loop does all of a router's CPU work: parsing every request and relaying every chunk of
 every stream. N worker processes spread it over cores, each listening on a socket of its own bound to
 the same address (SO_REUSEPORT): the kernel spreads connections over them as they arrive. One shared
 listening socket would not: asyncio accepts up to `backlog` waiting connections per wake-up, so the
 first worker awake takes a whole burst. Counters and histograms live in prometheus_client's
-multiprocess files, so any worker's /metrics sums all of them.
+multiprocess files, so any worker's /metrics sums all of them; conversations live in one SQLite file
+(router/sessions.py), so a conversation keeps its model whichever worker takes its next turn.
 """
 
 from __future__ import annotations
@@ -63,14 +64,28 @@ def shared_metrics(workers: int) -> Iterator[str | None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def spawn_workers(count: int, sock: socket.socket, setup: tuple) -> list[subprocess.Popen]:
-    """Start `count` worker processes serving `setup` (profile, flash, pro) on sock's address.
+@contextlib.contextmanager
+def shared_sessions(workers: int) -> Iterator[str | None]:
+    """The conversations' database file all workers share (router/sessions.py), in a private directory
+    removed at the end; None for one worker (its memory)."""
+    if workers <= 1:
+        yield None
+        return
+    path = tempfile.mkdtemp(prefix="dsv4serve-route-sessions-")  # 0700
+    try:
+        yield os.path.join(path, "sessions.db")
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def spawn_workers(count: int, sock: socket.socket, setup) -> list[subprocess.Popen]:
+    """Start `count` worker processes serving `setup` (server.Setup) on sock's address.
 
     Fresh interpreters, not forks: the router may already run threads (the vLLM servers' supervision
     when `route` started them), and a forked child of a threaded process can deadlock on a lock some
     other thread held. The setup (with the upstreams' keys) goes through a pipe, never the argv. Each
     worker dies with the router (PR_SET_PDEATHSIG), so a SIGKILLed router leaves none behind."""
-    payload = pickle.dumps((*setup, sock.family, sock.getsockname()))
+    payload = pickle.dumps((setup, sock.family, sock.getsockname()))
     workers = []
     for _ in range(count):
         proc = subprocess.Popen(
