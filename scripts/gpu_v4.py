@@ -246,7 +246,7 @@ def plan_json(out: Path, profile: str, gpus: str) -> dict:
     res = gv.run(
         [*CLI, "plan", profile, *(["--gpus", gpus] if gpus != "cpu" else []), "--json"],
         out,
-        f"plan-{profile}-{gpus.replace(',', '_')}",
+        f"plan-{Path(profile).stem}-{gpus.replace(',', '_')}",  # a path names its file by its stem
     )
     return json.loads(res["stdout"]) if res["stdout"].strip().startswith("{") else {"rc": res["rc"]}
 

@@ -100,3 +100,16 @@ def test_the_script_refuses_a_bad_cut_and_plans_a_good_one(tmp_path):
     )
     assert good.returncode == 0 and "pro-2l: 5 shards" in good.stdout
     assert not (tmp_path / "y").exists()
+
+
+def test_gpu_v4_names_its_files_by_a_profile_paths_stem(tmp_path):
+    """scripts/gpu_v4.py with a profile given as a path: its output files hold no '/' (they failed)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import gpu_v4
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    (tmp_path / "sub").mkdir()
+    profile = write_profile(cut(FLASH, 4), tmp_path / "ckpt", tmp_path / "sub" / "flash-4l.yaml")
+    gpu_v4.plan_json(tmp_path, str(profile), "cpu")
+    assert [p.name for p in tmp_path.glob("plan-*")] == ["plan-flash-4l-cpu.txt"]
