@@ -1,13 +1,16 @@
 """Property tests (Hypothesis) for issue 12: mutated profiles and odd flags, run through the real CLI
 in-process. Whatever the input: an exit code from the README's table, no traceback, no internal error,
 a one-line message (naming the profile file when the profile is at fault), JSON under --json, bounded
-time and memory, and a plan whose argv never disagrees with it.
+time and memory, and a plan whose argv never disagrees with it. Issue 23: every YAML tag on every field
+of a model or router profile, and digit strings of 1 to 10,000 characters in every text field.
 
-DSV4SERVE_HYPOTHESIS_EXAMPLES sets the examples per test (default 600: 1,200 in all in CI)."""
+DSV4SERVE_HYPOTHESIS_EXAMPLES sets the examples per test of issue 12 (default 600: 1,200 in all in CI);
+issue 23's three tests take 5/3 of it between them (1,000 at the default)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -15,12 +18,16 @@ import re
 import resource
 import tempfile
 import time
+import types
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dsv4serve.cli import main
+from dsv4serve.profiles.types import Profile
+from dsv4serve.router.profile import RouterProfile
 
 EXAMPLES = int(os.environ.get("DSV4SERVE_HYPOTHESIS_EXAMPLES", "600"))
 TABLE = {0, 2, 3, 4, 5}  # the README's exit codes for anything a user can type (1 is a bug)
@@ -35,6 +42,8 @@ SETTINGS = settings(
     derandomize=bool(os.environ.get("CI")),  # CI: the same examples every run
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+# Issue 23's three tests: 2/5, 2/5 and 1/5 of 5/3 x EXAMPLES (1,000 in all at the default; see each).
+SETTINGS_23 = {share: settings(SETTINGS, max_examples=EXAMPLES * share // 3) for share in (1, 2)}
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -458,3 +467,213 @@ def test_odd_flags_never_crash_and_the_argv_agrees_with_the_plan(args):
             assert value == str(plan[field]), (args, flag, argv)
     assert not {"-tp", "--tensor_parallel_size", "--max_model_len"} & set(argv), argv
     assert ("--enforce-eager" in argv) != plan["cuda_graphs"] or plan["device"] == "cpu", argv
+
+
+# --- issue 23: every YAML tag on every field, digit strings in every string field -----------------
+# The fields come from the dataclasses the loaders build (a new field is covered the day it is added);
+# the base documents are a built-in profile as `profiles show --json` gives it, and the router's
+# default profile: both load and plan as written, so a value reaches every stage that reads it.
+
+TAGS = ["!!timestamp", "!!binary", "!!int", "!!float", "!!bool", "!!null", "!!set", "!!omap", "!!pairs"]
+TAGS += ["!!str", "!x"]
+TAGGED = ["", "512", "0", "-1", "2001-12-14", "2001-12-14t21:59:43.10-05:00", "aGk=", "%%%", "true"]
+TAGGED += ["x", "9" * 5000, "[a, b]", "{a: 1}", "[{a: 1}, {b: 2}]", "[a: 1]", "'9.0'", "~", "{a, b}"]
+HOLE = "dsv4serve-hole"  # where the drawn YAML text goes in the dumped base document
+
+
+def field_paths(cls: type, prefix: tuple = ()) -> list[tuple[tuple, bool]]:
+    """(path, holds text) of every field of a dataclass, nested ones, list items and env values."""
+    import dataclasses
+    import typing
+
+    from dsv4serve.profiles.schema import LOADER_FIELDS
+
+    found = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in LOADER_FIELDS:
+            continue
+        hint, path = hints[f.name], (*prefix, f.name)
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        inner = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+        found.append((path, inner is str))
+        if dataclasses.is_dataclass(inner):
+            found += field_paths(inner, path)
+        elif typing.get_origin(inner) is tuple:
+            item = typing.get_args(inner)[0]
+            if dataclasses.is_dataclass(item):
+                found += field_paths(item, (*path, 0))
+            elif typing.get_origin(item) is tuple:  # env: NAME -> text
+                found += [((*path, "HF_TOKEN"), True), ((*path, "VLLM_LOGGING_LEVEL"), True)]
+            else:
+                found.append(((*path, 0), item is str))
+    return found
+
+
+@functools.cache
+def _profile_base() -> dict:
+    """tiny-v4 (a V4 cache, hardware rules, a GPU plan on 2xH200) with a secret in serve.env."""
+    from dsv4serve.profiles.load import load_profile, profile_to_dict
+    from dsv4serve.profiles.schema import LOADER_FIELDS
+
+    data = profile_to_dict(load_profile("tiny-v4"))
+    data["serve"]["env"] = {"HF_TOKEN": "hf_notarealtoken"}
+    return {k: v for k, v in data.items() if k not in LOADER_FIELDS}
+
+
+@functools.cache
+def _router_base() -> dict:
+    import yaml
+
+    from dsv4serve.router.profile import builtin_dir
+
+    return yaml.safe_load((builtin_dir() / "default.yaml").read_text())
+
+
+def _document(base: dict, path: tuple, raw: str, on_key: bool) -> str:
+    """The base document as YAML with `raw` (YAML text) as the value at `path` (or before its key)."""
+    import copy
+
+    import yaml
+
+    from dsv4serve.profiles.load import SOURCE_KEYS
+
+    data = copy.deepcopy(base)
+    if path[:1] == ("model",) and path[1:2] and path[1] in SOURCE_KEYS:  # one source, or no value gets far
+        data["model"] = {k: v for k, v in data["model"].items() if k not in (*SOURCE_KEYS, "revision")}
+    node = data
+    for key, nxt in zip(path, path[1:], strict=False):  # the mappings and lists on the way (draft: null)
+        want = list if isinstance(nxt, int) else dict
+        child = node[key] if isinstance(node, list) else node.get(key)
+        if not isinstance(child, want):
+            child = want()
+        if want is list and not child:
+            child.append(None)
+        node[key] = child
+        node = child
+    last = path[-1]
+    on_key = on_key and not isinstance(last, int)
+    if on_key:
+        node[f"{last}{HOLE}"] = node.pop(last, None)
+    else:
+        node[last] = HOLE
+    text = yaml.safe_dump(data, sort_keys=False, width=1 << 20, allow_unicode=True)
+    if on_key:
+        return text.replace(f"{last}{HOLE}:", f"{raw} {last}:", 1)
+    return text.replace(HOLE, raw, 1)
+
+
+RUN = st.one_of(st.integers(1, 10_000), st.sampled_from([1, 2, 4300, 4301, 5000, 10_000]))
+
+
+@st.composite
+def digit_text(draw) -> str:
+    """1 to 10,000 characters of digits: one run, or runs joined by dots (a version, a compute
+    capability); ASCII, and now and then a digit int() reads differently ('٩' it takes, '²' it refuses:
+    str.isdigit() takes both)."""
+    runs = [draw(RUN) for _ in range(draw(st.sampled_from([1, 2, 2, 3])))]
+    text = ".".join(draw(st.sampled_from("190")) * n for n in runs)[:10_000]
+    if draw(st.integers(0, 5)) == 0:
+        at = draw(st.integers(0, len(text) - 1))
+        text = text[:at] + draw(st.sampled_from(["٩", "²", "０"])) + text[at + 1 :]
+    return text
+
+
+PROFILE_FIELDS = field_paths(Profile)
+TEXT_FIELDS = [path for path, text in PROFILE_FIELDS if text]
+TAG_COMMANDS = [
+    ("profiles", "validate", "{f}"),
+    ("profiles", "show", "{f}", "--json"),
+    ("plan", "{f}", "--hardware", "2xH200"),
+    ("plan", "{f}", "--hardware", "2xH200", "--json"),
+    ("up", "{f}", "--hardware", "2xH200", "--dry-run"),
+]
+MAX_ERROR_CHARS = 600  # one readable line: a 10,000-digit value is described, not echoed
+
+
+def run_profile(text: str, command: tuple[str, ...], work: Path) -> None:
+    path = work / "p23.yaml"
+    path.write_text(text, encoding="utf-8")
+    args = tuple(a.format(f=path) for a in command)
+    code, out, err = run(*args)
+    check(args, code, out, err, names=str(path))
+    if code:
+        shown = out if args[:2] == ("profiles", "validate") else err
+        assert all(len(line) < MAX_ERROR_CHARS for line in shown.splitlines()), (args, shown[:300])
+    assert "hf_notarealtoken" not in out + err
+
+
+@pytest.fixture(scope="module")
+def work23(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("p23")
+
+
+def test_the_issue_23_base_documents_load_and_plan(work23):
+    """Without an edit, both bases pass every command: the properties below test the edit, not a base
+    that fails before the edited field is read."""
+    base = _profile_base()
+    for command in TAG_COMMANDS:
+        path = work23 / "base.yaml"
+        path.write_text(_document(base, ("description",), "a base", False))
+        assert run(*(a.format(f=path) for a in command))[0] == 0, command
+    router = work23 / "router.yaml"
+    router.write_text(_document(_router_base(), ("description",), "a base", False))
+    from dsv4serve.router.profile import load_router_profile
+
+    assert load_router_profile(str(router)).name == "default"
+
+
+@SETTINGS_23[2]
+@given(
+    path=st.sampled_from([p for p, _ in PROFILE_FIELDS]),
+    tag=st.sampled_from(TAGS),
+    value=st.one_of(st.sampled_from(TAGGED), digit_text()),
+    on_key=st.integers(0, 9).map(lambda n: n == 0),
+    command=st.sampled_from(TAG_COMMANDS),
+)
+@example(path=("serve", "kv_cache_dtype"), tag="!!timestamp", value="", on_key=False, command=TAG_COMMANDS[0])
+@example(
+    path=("model", "kv_cache", "head_dim"),
+    tag="!!timestamp",
+    value="512",
+    on_key=False,
+    command=TAG_COMMANDS[2],
+)
+def test_any_yaml_tag_on_any_profile_field_is_a_profile_error(work23, path, tag, value, on_key, command):
+    base = _profile_base()
+    run_profile(_document(base, path, f"{tag} {value}".rstrip(), on_key), command, work23)
+
+
+@SETTINGS_23[2]
+@given(path=st.sampled_from(TEXT_FIELDS), digits=digit_text(), command=st.sampled_from(TAG_COMMANDS[1:]))
+@example(path=("model", "min_compute_capability"), digits="1" * 5000 + ".0", command=TAG_COMMANDS[2])
+@example(path=("serve", "min_vllm_version"), digits="1" * 5000 + ".0", command=TAG_COMMANDS[1])
+def test_digit_strings_in_any_profile_text_field_are_never_an_internal_error(work23, path, digits, command):
+    """Each document through validate (it loads) and a command that shows or plans it (every stage)."""
+    text = _document(_profile_base(), path, f"'{digits}'", False)
+    run_profile(text, TAG_COMMANDS[0], work23)
+    run_profile(text, command, work23)
+
+
+ROUTER_FIELDS = field_paths(RouterProfile)
+
+
+@SETTINGS_23[1]
+@given(
+    path=st.sampled_from([p for p, _ in ROUTER_FIELDS]),
+    value=st.one_of(
+        st.builds(lambda t, v: f"{t} {v}".rstrip(), st.sampled_from(TAGS), st.sampled_from(TAGGED)),
+        digit_text().map(lambda d: f"'{d}'"),
+    ),
+)
+def test_any_tag_or_digit_string_in_a_router_profile_is_a_profile_error(work23, path, value):
+    from dsv4serve.errors import ProfileError
+    from dsv4serve.router.profile import load_router_profile
+
+    file = work23 / "router23.yaml"
+    file.write_text(_document(_router_base(), path, value, False), encoding="utf-8")
+    try:
+        load_router_profile(str(file))
+    except ProfileError as err:
+        assert err.message.startswith(f"{file}:") and len(err.message) < MAX_ERROR_CHARS, err.message
+        assert "\n" not in err.message and not PYTHON_ERROR.search(err.message), err.message

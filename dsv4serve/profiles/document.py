@@ -43,9 +43,10 @@ class LocatedList(list):
 
 
 def fail(loc: Loc, path: str, problem: str, hint: str = "") -> ProfileError:
-    """Build the one-line error: file:line: field.path: problem."""
+    """Build the one-line error: file:line: field.path: problem (a path of 10,000-character keys cut)."""
     file, line = loc
     place = f"{oneline(file)}:{line}" if line else oneline(file)
+    path = oneline(path, 120)
     return ProfileError(f"{place}: {path}: {problem}" if path else f"{place}: {problem}", hint)
 
 

@@ -132,7 +132,7 @@ def _convert_tuple(value: Any, item: Any, path: str, at: Loc) -> tuple:
                     value.where[key],
                     join(path, key),
                     f"expected a string, got {kind(val, show=not secret)}",
-                    f'quote the value: {key}: "{"..." if secret else val}"',
+                    f'quote the value: {key}: "{"..." if secret else oneline(val, 40)}"',
                 )
             pairs.append((key, val))
         return tuple(sorted(pairs))
