@@ -31,7 +31,7 @@ GIB = 2**30
 LOG_FIGURES = {
     "weights_gib": r"Model loading took ([\d.]+) GiB",
     "kv_cache_gib": r"Available KV cache memory: ([\d.]+) GiB",
-    "kv_tokens": r"GPU KV cache size: ([\d,]+) tokens",
+    "kv_tokens": r"(?:GPU|CPU) KV cache size: ([\d,]+) tokens",  # 0.30+ names the device
     "max_concurrency": r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+)x",
 }
 

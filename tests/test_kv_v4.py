@@ -226,14 +226,33 @@ def test_per_token_plans_report_nothing_of_vllms():
     assert (p.memory[0].vllm_kv_tokens, p.memory[0].vllm_max_concurrency) == (0, 0.0)
 
 
-def test_plan_text_and_json_show_vllms_figures(run_cli):
-    data = json.loads(run_cli("plan", "flash", "--hardware", "2xH200", "--json").stdout)
+@pytest.mark.parametrize(
+    ("version", "lines"),
+    [
+        (
+            "0.26",
+            ["GPU KV cache size: {t} tokens", "Maximum concurrency for 1,048,576 tokens per request: {c}x"],
+        ),
+        (
+            "0.29",
+            ["GPU KV cache size: {t} tokens, Maximum concurrency for 1,048,576 tokens per request: {c}x"],
+        ),
+        (
+            "0.33",
+            ["GPU KV cache size: {t} tokens, Maximum concurrency for 1,048,576 tokens per request: {c}x"],
+        ),
+    ],
+)
+def test_plan_text_and_json_show_vllms_figures(run_cli, version, lines):
+    args = ("plan", "flash", "--hardware", "2xH200", "--vllm-version", version)
+    data = json.loads(run_cli(*args, "--json").stdout)
     row = data["memory"][0]
-    out = run_cli("plan", "flash", "--hardware", "2xH200").stdout
+    assert data["vllm_release"] == version
+    out = run_cli(*args).stdout
     line = next(x for x in out.splitlines() if x.startswith("vLLM will report"))
     assert f"Available KV cache memory ~{_pool_gib(row)} GiB" in line
-    assert f"GPU KV cache size ~{row['vllm_kv_tokens']:,} tokens" in line
-    assert f"maximum concurrency ~{row['vllm_max_concurrency']:.2f}x for 1,048,576-token requests" in line
+    tokens, concurrency = f"{row['vllm_kv_tokens']:,}", f"{row['vllm_max_concurrency']:.2f}"
+    assert line.split(", then ")[1] == " / ".join(f"'{x.format(t=tokens, c=concurrency)}'" for x in lines)
     tiny_out = run_cli("plan", "tiny", "--hardware", "1xL40S").stdout
     assert "vLLM will report" not in tiny_out
 

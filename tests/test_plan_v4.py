@@ -106,7 +106,7 @@ def test_per_token_profiles_are_unchanged():
 
 
 def test_plan_json_carries_the_kv_figures(run_cli):
-    result = run_cli("plan", "flash", "--hardware", "2xH200", "--json")
+    result = run_cli("plan", "flash", "--hardware", "2xH200", "--json", "--vllm-version", "0.26")
     data = json.loads(result.stdout)
     assert result.exit_code == 0
     assert data["kv"]["block_stride"] == 1_039_680 and data["kv"]["fixed_blocks_per_sequence"] == 26
@@ -115,13 +115,24 @@ def test_plan_json_carries_the_kv_figures(run_cli):
 
 
 def test_plan_text_shows_stride_startup_need_and_capacity(run_cli):
-    result = run_cli("plan", "flash", "--hardware", "2xH200")
+    result = run_cli("plan", "flash", "--hardware", "2xH200", "--vllm-version", "0.26")
     out = result.stdout
     assert result.exit_code == 0
     assert "1,039,680 B per 256-token block = 4,061 B/token" in out and "26 blocks" in out
-    assert "max_model_len 1048576 with 16,384 tokens in flight needs 10.56 GiB per GPU" in out
+    assert "max_model_len 1048576 with 16,384 tokens in flight (max_num_batched_tokens 8,192) needs " in out
+    assert "needs 10.56 GiB per GPU\n" in out  # no null block before 0.29
     assert "sequences of 1,048,576 tokens at once" in out
     assert "10.6" in out.split("│ 0 ")[1].split("\n")[0]  # the table's KV cache column
+
+
+def test_plan_text_of_0_29_and_later(run_cli):
+    result = run_cli("plan", "flash", "--hardware", "2xH200", "--vllm-version", "0.29")
+    out = result.stdout
+    assert result.exit_code == 0
+    assert "1,002,240 B per 256-token block = 3,915 B/token" in out
+    assert "needs 10.06 GiB per GPU, the null block it holds back first (1,002,240 B) included" in out
+    assert "10.1" in out.split("│ 0 ")[1].split("\n")[0]
+    assert "note: modeled on vLLM 0.29 (--vllm-version 0.29): KV layout: packed groups (0.27+)" in out
 
 
 # --- the profile fields ---------------------------------------------------------------------------

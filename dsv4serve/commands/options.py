@@ -89,6 +89,15 @@ TrafficWarmupOpt = Annotated[
     ),
 ]
 
+VllmVersionOpt = Annotated[
+    Optional[str],  # noqa: UP045 - None means "the installed vLLM's"
+    typer.Option(
+        "--vllm-version",
+        help="Plan for this vLLM release (0.26 to 0.33: its KV layout, start-up check, defaults); "
+        "default: the installed one.",
+    ),
+]
+
 # `up` and `smoke`: detaching, naming a detached server, output, the API key
 DetachOpt = Annotated[
     bool,

@@ -22,6 +22,7 @@ from dsv4serve.commands.options import (
     ProfileArg,
     ProfileDirOpt,
     StrategyOpt,
+    VllmVersionOpt,
     WarmupOpt,
 )
 from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_MASTER_PORT, DEFAULT_PORT
@@ -67,6 +68,7 @@ def register(app: typer.Typer) -> None:
         executor: ExecutorOpt = "mp",
         master_addr: MasterAddrOpt = None,
         master_port: MasterPortOpt = DEFAULT_MASTER_PORT,
+        vllm_version: VllmVersionOpt = None,
         profile_dir: ProfileDirOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -93,6 +95,7 @@ def register(app: typer.Typer) -> None:
             device=device,
             warmup=warmup,
             node_options=node_options,
+            vllm_version=vllm_version,
         )
         shared = dict(gpus=gpus, max_model_len=max_model_len, host=host, port=port, extra_args=ctx.args)
         render_plan(plan, as_json, up_prefix(profile, plan, **shared))

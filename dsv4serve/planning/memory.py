@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
-from dsv4serve.engines.vllm.kv_cache import V4_BLOCK_SIZE, V4Layout, in_flight_tokens, v4_layout
+from dsv4serve.engines.vllm.kv_cache import (
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    V4_BLOCK_SIZE,
+    V4Layout,
+    default_batched_tokens,
+    in_flight_tokens,
+    v4_layout,
+)
+from dsv4serve.engines.vllm.releases import DEFAULT, Release
 from dsv4serve.hardware.inventory import GiB, MiB
 from dsv4serve.planning.types import KvSummary
 from dsv4serve.profiles.types import Profile
@@ -58,35 +68,74 @@ def overhead_bytes(cuda_graphs: bool) -> int:
 # --- the KV cache of a profile: one bytes-per-token figure, or DeepSeek-V4's structured cache -----------
 
 
+@dataclass(frozen=True)
+class KvContext:
+    """What besides the profile sizes vLLM's KV cache: the release modeled, the scheduler's step, the
+    GPU (vLLM's default step follows its memory), pipeline stages and async scheduling (the tokens in
+    flight), and a speculative draft's KV layers."""
+
+    release: Release = DEFAULT
+    batched: int | None = None  # max_num_batched_tokens as vLLM sees it; None = its default for the GPU
+    gpu_memory: int = 0  # CUDA's total memory of the GPU; 0 = unknown (the H100/H200 default, 8192)
+    gpu_name: str = ""
+    pipeline_parallel_size: int = 1
+    async_scheduling: bool = True  # vLLM's default; not with the Ray executor
+    draft_layers: int = 0
+
+    @property
+    def batched_tokens(self) -> int:
+        if self.batched:
+            return self.batched
+        if not self.gpu_memory:
+            return DEFAULT_MAX_NUM_BATCHED_TOKENS
+        return default_batched_tokens(self.release, self.gpu_memory, self.gpu_name)
+
+    @property
+    def in_flight(self) -> int:
+        return in_flight_tokens(
+            self.batched_tokens, self.release, self.pipeline_parallel_size, self.async_scheduling
+        )
+
+
+def kv_context(ctx: KvContext | int | None) -> KvContext:
+    """A KvContext, from one or from a bare max_num_batched_tokens (None: vLLM's default)."""
+    return ctx if isinstance(ctx, KvContext) else KvContext(batched=ctx)
+
+
 def kv_block_size(profile: Profile) -> int:
     default = V4_BLOCK_SIZE if profile.model.kv_cache else DEFAULT_BLOCK_SIZE
     return profile.serve.block_size or default
 
 
-def kv_layout(profile: Profile) -> V4Layout | None:
+def kv_layout(profile: Profile, ctx: KvContext | int | None = None) -> V4Layout | None:
     kv = profile.model.kv_cache
-    return v4_layout(kv, kv_block_size(profile)) if kv else None
+    if not kv:
+        return None
+    c = kv_context(ctx)
+    return v4_layout(kv, kv_block_size(profile), c.release, c.draft_layers)
 
 
-def kv_need_bytes(profile: Profile, tokens: int, tp: int, max_num_batched_tokens: int | None) -> int:
+def kv_need_bytes(profile: Profile, tokens: int, tp: int, ctx: KvContext | int | None) -> int:
     """Per-GPU KV memory vLLM demands at start-up for a max_model_len of `tokens`: for V4 its own check
-    (whole blocks of every group, chunks in flight included), else bytes per token x tokens."""
-    layout = kv_layout(profile)
+    (whole blocks of every group, chunks in flight included, and 0.29+'s null block reserved first),
+    else bytes per token x tokens."""
+    c = kv_context(ctx)
+    layout = kv_layout(profile, c)
     if layout is not None:
-        return layout.startup_need(tokens, in_flight_tokens(max_num_batched_tokens))
+        return layout.startup_need(tokens, c.in_flight) + layout.reserved
     return kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, tokens, tp)
 
 
-def kv_fit_len(profile: Profile, room: int, requested: int, tp: int, batched: int | None) -> int:
+def kv_fit_len(profile: Profile, room: int, requested: int, tp: int, ctx: KvContext | int | None) -> int:
     """`requested` when its start-up need fits in `room`, else the largest multiple of the block size
     whose need does (0 when none does). The need only grows with the length: a binary search."""
-    if kv_need_bytes(profile, requested, tp, batched) <= room:
+    if kv_need_bytes(profile, requested, tp, ctx) <= room:
         return requested
     block = kv_block_size(profile)
     low, high = 0, requested // block
     while low < high:
         mid = (low + high + 1) // 2
-        if kv_need_bytes(profile, mid * block, tp, batched) <= room:
+        if kv_need_bytes(profile, mid * block, tp, ctx) <= room:
             low = mid
         else:
             high = mid - 1
@@ -94,24 +143,26 @@ def kv_fit_len(profile: Profile, room: int, requested: int, tp: int, batched: in
 
 
 def kv_capacity(
-    profile: Profile, pool: int, max_len: int, tp: int, batched: int | None = None
+    profile: Profile, pool: int, max_len: int, tp: int, ctx: KvContext | int | None = None
 ) -> tuple[int, int, int, float]:
     """(tokens, concurrent max_len sequences, vLLM's logged tokens, vLLM's logged concurrency) of a KV
     pool of `pool` bytes per GPU. V4: whole blocks of the shared pool, tokens of full-group capacity,
     each sequence ceil(L / 256) + its fixed blocks; vLLM's own figures differ (V4Layout.vllm_report).
     Elsewhere the last two are 0."""
-    layout = kv_layout(profile)
+    c = kv_context(ctx)
+    layout = kv_layout(profile, c)
     if layout is not None:
-        c = layout.capacity(pool, max_len, in_flight_tokens(batched))
-        return c.tokens, c.max_len_sequences, c.vllm.tokens, c.vllm.max_concurrency
+        cap = layout.capacity(pool, max_len, c.in_flight)
+        return cap.tokens, cap.max_len_sequences, cap.vllm.tokens, cap.vllm.max_concurrency
     per_token = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, 1, tp)
     tokens = max(pool, 0) // per_token if per_token > 0 else 0
     return tokens, tokens // max_len if max_len else 0, 0, 0.0
 
 
-def kv_summary(profile: Profile, max_len: int, tp: int, batched: int | None) -> KvSummary:
-    layout = kv_layout(profile)
-    need = kv_need_bytes(profile, max_len, tp, batched)
+def kv_summary(profile: Profile, max_len: int, tp: int, ctx: KvContext | int | None) -> KvSummary:
+    c = kv_context(ctx)
+    layout = kv_layout(profile, c)
+    need = kv_need_bytes(profile, max_len, tp, c)
     if layout is None:
         per_token = kv_cache_bytes_per_gpu(profile.model.kv_bytes_per_token, 1, tp)
         return KvSummary("per_token", kv_block_size(profile), per_token, 0, 0, 0, need)
@@ -121,6 +172,12 @@ def kv_summary(profile: Profile, max_len: int, tp: int, batched: int | None) -> 
         layout.bytes_per_token,
         layout.stride,
         layout.fixed_blocks_per_sequence,
-        in_flight_tokens(batched),
+        c.in_flight,
         need,
+        reserved=layout.reserved,
+        batched_tokens=c.batched_tokens,
     )
+
+
+def with_draft(ctx: KvContext, draft_layers: int) -> KvContext:
+    return dataclasses.replace(ctx, draft_layers=draft_layers)

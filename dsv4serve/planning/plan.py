@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 from dsv4serve.engines.vllm.argv import command, shell_line, vllm_args
 from dsv4serve.engines.vllm.flags import read_tokens
 from dsv4serve.engines.vllm.jit_cache import startup_env
+from dsv4serve.engines.vllm.releases import DEFAULT as DEFAULT_RELEASE
+from dsv4serve.engines.vllm.releases import Release, describe, release_for
 from dsv4serve.errors import HardwareError, UsageError, oneline
 from dsv4serve.hardware.inventory import GPU_CATALOG, Gpu, MiB, capability_key, gib, gpu_to_dict
 from dsv4serve.planning.cpu import plan_cpu
@@ -28,6 +30,7 @@ from dsv4serve.planning.memory import (
     NON_TORCH_BYTES,
     TP_COMM_BYTES,
     VLLM_BUFFER_BYTES,
+    KvContext,
     kv_block_size,
     kv_cache_bytes_per_gpu,
     kv_capacity,
@@ -137,6 +140,7 @@ def make_plan(
     if device not in ("cuda", "cpu"):
         raise UsageError(f"unknown device {device!r}", "use cuda or cpu")
     requested = _requested_len(profile, overrides)
+    release, release_note = modeled_release(overrides)
     if device == "cpu":
         if not profile.cpu_ok:
             raise HardwareError(
@@ -154,7 +158,18 @@ def make_plan(
         return with_nodes(plan, Layout("tp", plan.tensor_parallel_size), overrides, "")
     if not gpus:
         raise HardwareError(f"profile {profile.name!r}: no GPUs to plan for", "see `dsv4serve gpus`")
-    return _plan_cuda(profile, model, requested, overrides, gpus, nodes)
+    plan = _plan_cuda(profile, model, requested, overrides, gpus, nodes, release)
+    if profile.model.kv_cache is not None and release_note:  # the release matters to V4's cache
+        plan = replace(plan, notes=(f"{release_note}: {describe(release)}", *plan.notes))
+    return plan
+
+
+def modeled_release(overrides: Overrides) -> tuple[Release, str]:
+    """The vLLM release the plan models, and the note that says so ("" for the pure default, 0.26)."""
+    if not overrides.vllm_version:
+        return DEFAULT_RELEASE, ""
+    version = None if overrides.vllm_version == "none" else overrides.vllm_version
+    return release_for(version, overrides.vllm_version_source)
 
 
 @dataclass(frozen=True)
@@ -168,10 +183,22 @@ class _Fit:
     notes: tuple[str, ...] = field(default=())
 
 
-def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Overrides, gpus, nodes: int) -> Plan:
+def _plan_cuda(
+    profile: Profile, model: str, requested: int, overrides: Overrides, gpus, nodes: int, release: Release
+) -> Plan:
     graphs = overrides.cuda_graphs if overrides.cuda_graphs is not None else not profile.serve.enforce_eager
-    overhead = overhead_bytes(graphs)
-    batched = _batched_tokens(profile, overrides)
+    # 0.27+ counts every allocation after its memory snapshot as non-KV: ~4 GiB more per GPU reported
+    # for DeepSeek-V4 (Flash, TP 4, 0.28); no figure for other models, which keep the 0.26 overhead
+    extra = release.non_kv_extra_bytes if profile.model.kv_cache is not None else 0
+    overhead = overhead_bytes(graphs) + extra
+    smallest = min(gpus, key=lambda g: g.memory_usable)
+    batched = KvContext(
+        release,
+        _batched_tokens(profile, overrides),
+        gpu_memory=smallest.memory_usable,  # vLLM's default step follows the GPU's memory
+        gpu_name=smallest.name,
+        async_scheduling=overrides.executor != "ray",
+    )
     choice = choose_layouts(profile, gpus, nodes, overrides.strategy, overrides.tensor_parallel_size)
     best: _Fit | None = None
     rejected: list[tuple[Layout, str]] = []  # layouts tried before the chosen one, and why not them
@@ -258,8 +285,12 @@ def _plan_cuda(profile: Profile, model: str, requested: int, overrides: Override
         notes=tuple(notes),
         suggestions=suggestions,
         kv=kv_summary(
-            kv_profile(profile, best.layout, best.max_len, batched), best.max_len, best.layout.tp, batched
+            kv_profile(profile, best.layout, best.max_len, batched),
+            best.max_len,
+            best.layout.tp,
+            _staged(batched, best.layout),
         ),
+        vllm_release=release.version,
     )
     return with_nodes(plan, best.layout, overrides, reason(best.layout, profile, rejected))
 
@@ -321,13 +352,19 @@ def _short_reason(g: Gpu, wanted: float, extra: int) -> str:
     return f"GPU {g.index} has {gib(used)} in use" + (f" by {by}" if by else "")
 
 
+def _staged(ctx: KvContext, layout: Layout) -> KvContext:
+    """The context of a layout: its pipeline stages change the batches in flight."""
+    return replace(ctx, pipeline_parallel_size=layout.pp)
+
+
 def _fit_memory(
-    model: Profile, gpus: tuple[Gpu, ...], layout: Layout, requested: int, overhead: int, batched: int | None
+    model: Profile, gpus: tuple[Gpu, ...], layout: Layout, requested: int, overhead: int, ctx: KvContext
 ) -> _Fit:
     """The longest max_model_len (up to `requested`) whose KV start-up need fits next to the weights.
     The weights per GPU follow the layout's strategy, the KV cache its (largest) pipeline stage."""
     tp, world = layout.tp, layout.world
     util, notes, problems = _utilization(model, gpus, world)
+    batched = _staged(ctx, layout)
     profile = kv_profile(model, layout, requested, batched)
     block = kv_block_size(profile)
     weights = weights_per_gpu(model, layout)
@@ -390,7 +427,7 @@ def _capability_problems(profile: Profile, gpus: tuple[Gpu, ...]) -> list[str]:
     ]
 
 
-def _what_would_fit(profile: Profile, requested: int, overhead: int, batched: int | None) -> tuple[str, ...]:
+def _what_would_fit(profile: Profile, requested: int, overhead: int, ctx: KvContext) -> tuple[str, ...]:
     """Catalog GPUs (of a new enough compute capability) and the fewest of each that hold this model."""
     found = []
     util = profile.serve.gpu_memory_utilization
@@ -399,12 +436,11 @@ def _what_would_fit(profile: Profile, requested: int, overhead: int, batched: in
         if capability_key(gpu.compute_capability) < capability_key(profile.model.min_compute_capability):
             continue
         for tp in reversed(_divisors(profile.model.attention_heads, MAX_SUGGESTED_GPUS)):
-            need = (
-                math.ceil(profile.model.weights_bytes / tp)
-                + kv_need_bytes(profile, tokens, tp, batched)
-                + overhead
-            )
-            if need <= math.ceil(util * (gpu.memory_total - gpu.memory_reserved)):
+            usable = gpu.memory_total - gpu.memory_reserved
+            on_it = replace(ctx, gpu_memory=usable, gpu_name=gpu.name)  # vLLM's default step there
+            weights = math.ceil(profile.model.weights_bytes / tp)
+            need = weights + kv_need_bytes(profile, tokens, tp, on_it) + overhead
+            if need <= math.ceil(util * usable):
                 # more GPUs than one node holds: that many nodes (no plan puts 16 GPUs in one node)
                 shape = f"{tp}x" if tp <= gpu.per_node else f"{tp // gpu.per_node}x{gpu.per_node}x"
                 found.append((tp, gpu.memory_total, f"{shape}{gpu.name}"))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from dsv4serve.errors import UsageError
 from dsv4serve.hardware.inventory import GiB, Gpu, gib
-from dsv4serve.planning.memory import kv_need_bytes
+from dsv4serve.planning.memory import KvContext, kv_need_bytes
 from dsv4serve.profiles.types import STRATEGIES, Profile
 
 
@@ -118,8 +118,9 @@ def stage_profiles(profile: Profile, layout: Layout) -> tuple[Profile, ...]:
     return tuple(stages)
 
 
-def kv_profile(profile: Profile, layout: Layout, tokens: int, batched: int | None) -> Profile:
-    """The stage whose KV cache needs the most at `tokens` (every stage must pass vLLM's check)."""
+def kv_profile(profile: Profile, layout: Layout, tokens: int, batched: KvContext | int | None) -> Profile:
+    """The stage whose KV cache needs the most at `tokens` (every stage must pass vLLM's check). A
+    draft's layers (batched.draft_layers) are counted on every stage: on the safe side of the last."""
     stages = stage_profiles(profile, layout)
     return max(stages, key=lambda p: kv_need_bytes(p, tokens, layout.tp, batched))
 

@@ -33,6 +33,11 @@ class Overrides:
     executor: str = "mp"
     master_addr: str | None = None  # None: the commands show HEAD_ADDR
     master_port: int = DEFAULT_MASTER_PORT  # vLLM's default; DP+EP uses it as --data-parallel-rpc-port
+    # The vLLM release the plan models (engines/vllm/releases.py): "" = 0.26, silently (the pure
+    # default); "none" = none installed (the newest known, said so); else a version, with where it
+    # came from ("installed", "--vllm-version").
+    vllm_version: str = ""
+    vllm_version_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,9 @@ class KvSummary:
     block_stride: int  # bytes one block id costs in vLLM's shared pool (deepseek_v4; else 0)
     fixed_blocks_per_sequence: int  # sliding-window and state blocks each decoding sequence adds
     in_flight_tokens: int  # tokens vLLM's start-up check adds for chunks in flight (deepseek_v4; else 0)
-    startup_need: int  # the KV memory vLLM's start-up check demands for max_model_len
+    startup_need: int  # the KV memory vLLM's start-up check demands for max_model_len (reserved included)
+    reserved: int = 0  # of which the null block vLLM 0.29+ holds back before the check (one stride)
+    batched_tokens: int = 0  # max_num_batched_tokens the check was sized with (deepseek_v4; else 0)
 
 
 @dataclass(frozen=True)
@@ -114,3 +121,4 @@ class Plan:
     data_parallel_size: int = 1
     executor: str = "mp"
     nodes: tuple[NodePlan, ...] = ()  # one per node, the head first; `args`/`env` above are the head's
+    vllm_release: str = ""  # the vLLM release whose KV layout, start-up check and defaults were modeled

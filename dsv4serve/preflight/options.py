@@ -134,10 +134,12 @@ def plan_from_options(
     warmup: str | None = None,
     node_options=None,
     weights_bytes: int | None = None,
+    vllm_version: str | None = None,
 ):
     """Load the profile, take stock of the GPUs, select them, and plan: returns (profile, plan).
     node_options (nodes.options.NodeOptions): nodes, strategy, executor, the head's address.
-    weights_bytes: the checkpoint's real size (the hub's listing), for a profile with a stand-in."""
+    weights_bytes: the checkpoint's real size (the hub's listing), for a profile with a stand-in.
+    vllm_version: the vLLM release to plan for (--vllm-version); default the installed one."""
     from dsv4serve.engines.vllm.flags import settle_overrides
     from dsv4serve.hardware.select import select_gpus
     from dsv4serve.planning.plan import Overrides, make_plan
@@ -165,6 +167,7 @@ def plan_from_options(
         device=device or ("cpu" if not inventory.gpus else None),
         **startup_overrides(warmup),
         **node_options.overrides(),
+        **release_overrides(vllm_version),
     )
     # vLLM flags after `--` that the planner decides become its settings, or are refused (exit 2).
     profile, overrides = settle_overrides(profile, overrides)
@@ -181,6 +184,22 @@ def plan_from_options(
     if notes or selection.notes:
         plan = dataclasses.replace(plan, notes=(*notes, *selection.notes, *plan.notes))
     return profile, plan
+
+
+def release_overrides(vllm_version: str | None) -> dict:
+    """The vLLM release to model: --vllm-version, else the installed one (read without importing it),
+    else "none" (the planner takes the newest it knows, and says so)."""
+    if vllm_version is not None:
+        from dsv4serve.engines.vllm.releases import release_for
+
+        release_for(vllm_version)  # a version it cannot read: a usage error now, naming the option
+        return {"vllm_version": vllm_version, "vllm_version_source": "--vllm-version"}
+    from dsv4serve.engines.base import get_engine
+
+    installed = get_engine().installed_version()
+    if installed is None:
+        return {"vllm_version": "none", "vllm_version_source": ""}
+    return {"vllm_version": installed, "vllm_version_source": "installed"}
 
 
 def startup_overrides(warmup: str | None) -> dict:

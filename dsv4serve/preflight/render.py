@@ -86,15 +86,18 @@ def _kv_lines(plan) -> list[str]:
     from dsv4serve.hardware.inventory import gib
 
     kv, lines = plan.kv, []
+    release = f"vLLM {plan.vllm_release}'s" if plan.vllm_release else "vLLM's"
     if kv and kv.block_stride:
         lines.append(
             f"KV cache ({kv.layout}, the same on every TP rank): {kv.block_stride:,} B per "
             f"{kv.block_size}-token block = {kv.bytes_per_token:,.0f} B/token, plus "
             f"{kv.fixed_blocks_per_sequence} blocks (sliding window, compressor state) per decoding sequence"
         )
+        null = f", the null block it holds back first ({kv.reserved:,} B) included" if kv.reserved else ""
         lines.append(
-            f"KV cache column = vLLM's start-up check: max_model_len {plan.max_model_len} with "
-            f"{kv.in_flight_tokens:,} tokens in flight needs {gib(kv.startup_need, 2)} per GPU"
+            f"KV cache column = {release} start-up check: max_model_len {plan.max_model_len} with "
+            f"{kv.in_flight_tokens:,} tokens in flight (max_num_batched_tokens {kv.batched_tokens:,}) "
+            f"needs {gib(kv.startup_need, 2)} per GPU{null}"
         )
     low = min(plan.memory, key=lambda r: r.kv_capacity_tokens)
     if low.kv_capacity_tokens:
@@ -102,14 +105,21 @@ def _kv_lines(plan) -> list[str]:
             f"KV cache capacity >= {low.kv_capacity_tokens:,} tokens per GPU, "
             f"{low.kv_capacity_seqs:,} sequences of {plan.max_model_len:,} tokens at once"
         )
-    if (
-        low.vllm_kv_tokens
-    ):  # V4: vLLM's own figures weigh its groups' blocks differently (engines.vllm.kv_cache)
+    if low.vllm_kv_tokens:  # V4: vLLM's own figures count its groups' blocks otherwise (kv_cache.py)
+        from dsv4serve.engines.vllm.kv_cache import kv_log_lines
+        from dsv4serve.engines.vllm.releases import DEFAULT, RELEASES
+
         pool = low.budget - low.weights - low.overhead
+        said = kv_log_lines(
+            RELEASES.get(plan.vllm_release, DEFAULT),
+            low.vllm_kv_tokens,
+            low.vllm_max_concurrency,
+            plan.max_model_len,
+            "GPU" if plan.device == "cuda" else plan.device.upper(),
+        )
         lines.append(
-            f"vLLM will report: Available KV cache memory ~{gib(pool, 2)}, GPU KV cache size "
-            f"~{low.vllm_kv_tokens:,} tokens, maximum concurrency ~{low.vllm_max_concurrency:.2f}x for "
-            f"{plan.max_model_len:,}-token requests"
+            f"vLLM will report: Available KV cache memory ~{gib(pool, 2)}, then "
+            + " / ".join(f"'{line}'" for line in said)
         )
     return lines
 

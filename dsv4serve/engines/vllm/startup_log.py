@@ -5,7 +5,9 @@ done: the DeepGEMM warmup bar of a cold DeepSeek-V4 start redraws for minutes wi
 output is split on CR as well as LF; a CR-ended piece is an in-place update, shown at most once per
 PROGRESS_INTERVAL_S so neither the console nor the log file is flooded. The patterns come from vLLM
 0.26.0's own format strings (worker/gpu_worker.py, model_executor/warmup/, v1/core/kv_cache_utils.py,
-compilation/backends.py) and TileLang 0.1.9's jit/kernel.py; tests/test_launch_phases.py quotes them.
+compilation/backends.py), the KV-size line of 0.28+ (one line; the device named from 0.30, "CPU KV
+cache size" on the CPU build; read in 0.32) and TileLang 0.1.9's jit/kernel.py;
+tests/test_launch_phases.py quotes them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "KV cache allocation",
         re.compile(
-            r"Available KV cache memory|GPU KV cache size|GiB for KV cache|# (?:CPU|GPU|cpu|gpu) blocks"
+            r"Available KV cache memory|(?:GPU|CPU|XPU|TPU|HPU)(?: \+ host)? KV cache size|GiB for KV cache|"
+            r"# (?:CPU|GPU|cpu|gpu) blocks"
         ),
     ),
     # vLLM's kernel_warmup(): DeepSeek-V4 mHC TileLang kernels, sparse-MLA Triton, then DeepGEMM.
@@ -62,6 +65,40 @@ _JIT = (("TileLang", re.compile(r"TileLang begins to compile kernel `([^`]+)`"))
 # What vLLM puts before a worker's output: "(EngineCore pid=12) ", "(Worker_TP1_EP1 pid=34) ".
 _PREFIX = re.compile(r"^\s*\([\w.-]+ pid=\d+\)\s*")
 _PREFIX_ONLY = re.compile(r"^\s*(?:\([\w.-]+ pid=\d+\)\s*)?$")
+
+# vLLM's KV pool size in tokens and its concurrency: one line from 0.28 ("GPU KV cache size: N tokens,
+# Maximum concurrency for M tokens per request: X.XXx"), the device named from 0.30 ("CPU KV cache size"
+# on the CPU build), two lines in 0.26-0.27 (kv_cache_utils.py update_kv_cache_capacity / 0.26 2163-2182).
+_KV_SIZE = re.compile(
+    r"\b(?P<device>GPU|CPU|XPU|TPU|HPU)(?: \+ host)? KV cache size: (?P<tokens>[\d,]+) tokens"
+)
+_KV_CONCURRENCY = re.compile(
+    r"Maximum concurrency for (?P<length>[\d,]+) tokens per request: (?P<concurrency>[\d.]+)x"
+)
+
+
+@dataclass(frozen=True)
+class KvReport:
+    """What one log line says of the KV pool (any release's format); None where it does not say it."""
+
+    device: str | None = None
+    tokens: int | None = None
+    max_model_len: int | None = None
+    concurrency: float | None = None
+
+
+def read_kv_report(line: str) -> KvReport | None:
+    """The KV figures of one line of vLLM's output, or None when it has none."""
+    size, most = _KV_SIZE.search(line), _KV_CONCURRENCY.search(line)
+    if not size and not most:
+        return None
+    return KvReport(
+        size["device"] if size else None,
+        int(size["tokens"].replace(",", "")) if size else None,
+        int(most["length"].replace(",", "")) if most else None,
+        float(most["concurrency"]) if most else None,
+    )
+
 
 # Log lines that explain an early exit -> a hint (first match wins), like huggingface_hub's _errors.
 HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
