@@ -8,6 +8,8 @@ EXIT_USAGE = 2
 EXIT_NO_FIT = 3
 EXIT_DOWNLOAD = 4
 EXIT_LAUNCH = 5
+# Unhealthy while serving (stalled, memory growth): --on-unhealthy stop, or the restarts used up.
+EXIT_UNHEALTHY = 6
 EXIT_INTERNAL = 1  # a bug of ours (README: report it); never for bad input
 # 128 + N: stopped by signal N before vLLM was ready (130 Ctrl-C, 141 output pipe closed, 143 SIGTERM).
 EXIT_SIGNAL_BASE = 128
@@ -63,3 +65,9 @@ class LaunchError(DsvError):
 
     exit_code = EXIT_LAUNCH
     multiline = True
+
+
+class UnhealthyError(DsvError):
+    """A ready server that the health watch found stalled or growing, and stopped (or gave up on)."""
+
+    exit_code = EXIT_UNHEALTHY

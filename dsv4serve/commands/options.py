@@ -163,3 +163,35 @@ ExecutorOpt = Annotated[
         "--executor", help="Across nodes: mp (vLLM's own multiprocessing) or ray (a running Ray cluster)."
     ),
 ]
+
+# the health watch once a server is ready (up, up -d, export)
+OnUnhealthyOpt = Annotated[
+    Optional[str],  # noqa: UP045 - None means "warn"
+    typer.Option(
+        "--on-unhealthy",
+        help="When the health watch finds the server stalled or its memory grown: warn (default), "
+        "restart (with backoff, at most --max-restarts), stop (exit 6), or off (no watch).",
+    ),
+]
+StallOpt = Annotated[
+    Optional[float],  # noqa: UP045 - None means the profile's default
+    typer.Option(
+        "--stall-s",
+        help="Stalled: requests running (or the one-token probe waiting) and no token for this many "
+        "seconds (default: 30 on the CPU, 60 on GPUs, 300 for DeepSeek-V4).",
+    ),
+]
+MemoryMarginOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--memory-margin",
+        help="Memory growth past what the server held once ready that is flagged: 512MiB, 2GiB "
+        "(default: 512MiB on the CPU, per GPU the larger of 2GiB and 2% of its planned use).",
+    ),
+]
+MaxRestartsOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--max-restarts", min=0, max=100, help="--on-unhealthy restart: restarts in a row (default 3)."
+    ),
+]

@@ -3,6 +3,7 @@ over dsv4serve.serving (the launch spec, the chat request) and dsv4serve.serving
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from typing import Annotated, Optional
@@ -21,16 +22,20 @@ from dsv4serve.commands.options import (
     MasterAddrOpt,
     MasterPortOpt,
     MaxModelLenOpt,
+    MaxRestartsOpt,
+    MemoryMarginOpt,
     NameOpt,
     NodeRankOpt,
     NodesOpt,
+    OnUnhealthyOpt,
     PassThrough,
     PortOpt,
     ProfileArg,
     ProfileDirOpt,
+    StallOpt,
     StrategyOpt,
-    VerboseOpt,
     TrafficWarmupOpt,
+    VerboseOpt,
     WarmupOpt,
 )
 from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_MASTER_PORT, DEFAULT_PORT
@@ -88,6 +93,10 @@ def register(app: typer.Typer) -> None:
         name: NameOpt = None,
         verbose: VerboseOpt = False,
         api_key_file: ApiKeyFileOpt = None,
+        on_unhealthy: OnUnhealthyOpt = None,
+        stall_s: StallOpt = None,
+        memory_margin: MemoryMarginOpt = None,
+        max_restarts: MaxRestartsOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Serve PROFILE with vLLM in the foreground until Ctrl-C (args after -- go to vLLM). Several
@@ -97,8 +106,9 @@ def register(app: typer.Typer) -> None:
         from dsv4serve.service import keys
         from dsv4serve.service.console import terminal_notify
         from dsv4serve.serving.chat import curl_line
-        from dsv4serve.serving.launch import run_server
+        from dsv4serve.serving.health import watch_config, watch_options
         from dsv4serve.serving.prepare import arg_value, prepare_launch
+        from dsv4serve.serving.supervise import run_server
 
         given = NodeOptions(nodes, node_rank, master_addr, master_port, strategy, executor)
         node_options = check(given, starting=not dry_run)
@@ -111,6 +121,7 @@ def register(app: typer.Typer) -> None:
 
             check_name(name)
         api_key = keys.read_api_key(api_key_file)
+        watching = watch_options(on_unhealthy, stall_s, memory_margin, max_restarts)
 
         plan, spec = prepare_launch(
             profile,
@@ -137,7 +148,7 @@ def register(app: typer.Typer) -> None:
             sys.stderr.write(f"dsv4serve: {warning}\n")
         if spec is None:
             return
-        spec = keys.with_key(spec, api_key)
+        spec = dataclasses.replace(keys.with_key(spec, api_key), health=watch_config(plan, watching))
         if detach:
             from dsv4serve.service.up import up_detached
 

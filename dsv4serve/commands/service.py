@@ -26,7 +26,7 @@ def _age(seconds: float | None) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("ps")
     def ps_command(as_json: JsonOpt = False) -> None:
-        """List the detached servers: state, endpoint, GPUs, uptime, memory per GPU."""
+        """List the detached servers: state (or health), endpoint, GPUs, uptime, memory per GPU."""
         from dsv4serve.hardware.inventory import gib
         from dsv4serve.render import console, print_json
         from dsv4serve.service import ops, state
@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         records = state.read_all()
         memory = ops.gpu_memory(records)
         rows = [ops.status(r, memory) for r in records]
+        shown = [r.shown_health() for r in records]
         if as_json:
             print_json({"servers": rows})
             return
@@ -42,20 +43,24 @@ def register(app: typer.Typer) -> None:
             out.print("no detached servers (start one with `dsv4serve up PROFILE -d`)", markup=False)
             return
         out.print(
-            f"{'NAME':16} {'PROFILE':12} {'STATE':9} {'ENDPOINT':28} {'UPTIME':8} GPUS (memory)", markup=False
+            f"{'NAME':16} {'PROFILE':12} {'STATE':13} {'ENDPOINT':28} {'UPTIME':8} GPUS (memory)",
+            markup=False,
         )
-        for row in rows:
+        for row, state_shown in zip(rows, shown, strict=True):
             gpus = ", ".join(
                 f"{g} ({gib(row['memory_per_gpu'][g])})" if g in row["memory_per_gpu"] else g
                 for g in row["gpus"]
             )
             out.print(
-                f"{row['name']:16} {row['profile']:12} {row['state']:9} {row['endpoint']:28} "
+                f"{row['name']:16} {row['profile']:12} {state_shown:13} {row['endpoint']:28} "
                 f"{_age(row['uptime_s']):8} {gpus or 'cpu'}",
                 markup=False,
                 crop=False,
                 overflow="ignore",
             )
+            if row["health_reason"] or row["restarts"]:
+                restarts = f" (restarts: {row['restarts']})" if row["restarts"] else ""
+                out.print(f"  {row['health_reason'] or 'restarted'}{restarts}", markup=False, crop=False)
 
     @app.command("logs")
     def logs_command(

@@ -1,4 +1,4 @@
-"""`up` on one node of several: this node's vLLM, supervised as on one node (launch.run_server: its own
+"""`up` on one node of several: this node's vLLM, supervised as on one node (supervise.run_server: its own
 process group, no orphan), plus the line to the other nodes (control.py).
 
 - The head (rank 0) serves the API. It is ready when its one-token completion succeeds, which vLLM
@@ -14,8 +14,8 @@ import hashlib
 from collections.abc import Callable
 
 from dsv4serve.nodes.control import CONTROL_PORT_OFFSET, HeadLink, HeadStopped, WorkerLink
-from dsv4serve.serving.launch import run_server
 from dsv4serve.serving.spec import Event, LaunchSpec, Notify
+from dsv4serve.serving.supervise import run_server
 
 
 def fingerprint(plan) -> tuple[str, str]:

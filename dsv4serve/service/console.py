@@ -106,7 +106,7 @@ def terminal_notify(quiet_log: bool = False):
             display.phase(text, event.elapsed_s)
         elif event.kind == "progress":
             display.progress(text, event.elapsed_s)
-        elif event.kind in ("started", "stopping", "stopped", "warning"):
+        elif event.kind in ("started", "stopping", "stopped", "warning", "health", "restart"):
             prefix = "warning: " if event.kind == "warning" else ""
             display.line(f"dsv4serve: {prefix}{text}")
         if event.kind in ("ready", "stopping", "stopped"):

@@ -26,6 +26,9 @@ def status(record: state.Record, gpu_memory: dict[str, int] | None = None) -> di
         "profile": record.profile,
         "state": record.shown_state(),
         "phase": record.phase,
+        "health": record.health or None,  # ok, stalled, memory-growth (None: not watched)
+        "health_reason": record.health_reason or None,
+        "restarts": record.restarts,
         "endpoint": record.endpoint,
         "model": record.model,
         "gpus": list(record.gpus),

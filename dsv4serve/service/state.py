@@ -18,8 +18,9 @@ from pathlib import Path
 
 from dsv4serve.errors import UsageError
 
-# Record states; the first four follow vLLM's start-up phases (startup_log.PHASES).
-STATES = ("starting", "loading", "warming", "ready", "failed")
+# Record states; the first four follow vLLM's start-up phases (startup_log.PHASES); restarting: the
+# health policy stopped a ready server and starts it again.
+STATES = ("starting", "loading", "warming", "ready", "restarting", "failed")
 _PHASE_STATE = {
     "starting": "starting",
     "loading weights": "loading",
@@ -96,6 +97,11 @@ class Record:
     ready_s: float | None = None
     error: dict = field(default_factory=dict)  # {"message", "hint", "exit_code"} once failed
     exit_code: int | None = None
+    # The health watch once ready (serving/watch.py): ok, stalled or memory-growth ("" unwatched), why,
+    # and the restarts its policy made.
+    health: str = ""
+    health_reason: str = ""
+    restarts: int = 0
 
     @property
     def endpoint(self) -> str:
@@ -117,12 +123,22 @@ class Record:
             return "failed"
         return self.state
 
+    def shown_health(self) -> str:
+        """What ps shows as the state: a ready server's health when it is not ok."""
+        shown = self.shown_state()
+        return self.health if shown == "ready" and self.health not in ("", "ok") else shown
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def path_of(name: str) -> Path:
     return state_dir() / f"{check_name(name)}.json"
+
+
+def metrics_path(name: str) -> Path:
+    """The health watch's Prometheus text file beside the record (node_exporter's textfile format)."""
+    return state_dir() / f"{check_name(name)}.prom"
 
 
 def write(record: Record) -> Path:
@@ -180,8 +196,9 @@ def read_all() -> list[Record]:
 
 
 def remove(name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path_of(name).unlink()
+    for path in (path_of(name), metrics_path(name)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def require(name: str) -> Record:

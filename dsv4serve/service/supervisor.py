@@ -18,8 +18,9 @@ from pathlib import Path
 from dsv4serve.errors import EXIT_INTERNAL, EXIT_SIGNAL_BASE, DsvError
 from dsv4serve.service import state
 from dsv4serve.serving import procs
-from dsv4serve.serving.launch import Server
+from dsv4serve.serving.health import WatchConfig
 from dsv4serve.serving.spec import Event, LaunchSpec
+from dsv4serve.serving.supervise import Supervision
 
 
 def spec_to_dict(spec: LaunchSpec) -> dict:
@@ -36,6 +37,7 @@ def spec_to_dict(spec: LaunchSpec) -> dict:
         "gpu_memory_before": [list(pair) for pair in spec.gpu_memory_before],
         "engine": spec.engine,
         "warm_rounds": list(spec.warm_rounds),
+        "health": spec.health.to_dict() if spec.health is not None else None,
     }
 
 
@@ -53,26 +55,52 @@ def spec_from_dict(data: dict) -> LaunchSpec:
         gpu_memory_before=tuple((str(k), int(v)) for k, v in data["gpu_memory_before"]),
         engine=str(data.get("engine", "vllm")),
         warm_rounds=tuple(int(c) for c in data.get("warm_rounds", ())),
+        health=WatchConfig.from_dict(data["health"]) if data.get("health") else None,
     )
 
 
 class _Recorder:
-    """Launch events into the state record: the vLLM group once started, the state as phases pass."""
+    """Launch events into the state record: the vLLM group once started, the state as phases pass, the
+    health watch's state and the restarts."""
 
     def __init__(self, record: state.Record):
         self.record = record
-        self.server: Server | None = None
-        # The drain thread reports phases while the main thread writes ready or failed.
+        self.supervision: Supervision | None = None
+        # The drain thread reports phases, the watch its state, while the main thread writes the rest.
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
-        if event.kind == "started" and self.server is not None and self.server.pgid:
-            pgid = self.server.pgid
-            self._set(pgid=pgid, pgid_start=state.start_time(pgid) or 0)
+        server = self.supervision.server if self.supervision is not None else None
+        if event.kind == "started" and server is not None and server.pgid:
+            self._set(pgid=server.pgid, pgid_start=state.start_time(server.pgid) or 0)
         elif event.kind == "phase" and event.text != "ready":  # ready is written with its time
-            self._set(phase=event.text, state=state.state_of_phase(event.text), progress="", late=True)
+            if self.record.state == "restarting":
+                self._set(phase=event.text, progress="")
+            else:
+                self._set(phase=event.text, state=state.state_of_phase(event.text), progress="", late=True)
         elif event.kind == "progress":
             self._set(progress=event.text, late=True)
+        elif event.kind == "restart" and self.supervision is not None:
+            again = event.text.startswith("restarted")
+            self._set(
+                state="ready" if again else "restarting",
+                phase="ready" if again else self.record.phase,
+                restarts=self.supervision.restarts,
+                health="ok" if again else self.record.health,
+                health_reason="" if again else self.record.health_reason,
+            )
+
+    def ready(self, server) -> None:
+        watched = self.supervision is not None and self.supervision.config.policy != "off"
+        self._set(
+            state="ready",
+            phase="ready",
+            ready_s=round(server.ready_s or 0.0, 2),
+            health="ok" if watched else "",
+        )
+
+    def health(self, status: dict) -> None:
+        self._set(health=status["health"], health_reason=status["reason"])
 
     def _set(self, late: bool = False, **changes) -> None:
         with self._lock:
@@ -82,22 +110,24 @@ class _Recorder:
 
 
 def supervise(spec: LaunchSpec, record: state.Record) -> int:
-    """Run the server as `up` does in the foreground, keeping the record; return the exit code.
+    """Run the server as `up` does in the foreground (the same supervision and health policy), keeping
+    the record; return the exit code.
 
     A start-up failure leaves the record failed with the error (up -d reports it); a stop by a signal
-    (`dsv4serve stop`) removes the record; vLLM exiting by itself after ready leaves it failed."""
+    (`dsv4serve stop`) removes the record; vLLM exiting by itself after ready (and not restarted), or
+    the health policy stopping it, leaves it failed."""
     recorder = _Recorder(state.update(record))
-    server = Server(spec, recorder)
-    recorder.server = server
-    code: int | None = None
+    supervision = Supervision(
+        spec,
+        recorder,
+        recorder.ready,
+        on_health=recorder.health,
+        metrics_path=state.metrics_path(record.name),
+    )
+    recorder.supervision = supervision
     with procs.stop_on_signals():
         try:
-            server.start()
-            server.wait_ready()
-            recorder._set(state="ready", phase="ready", ready_s=round(server.ready_s or 0.0, 2))
-            code = server.wait()
-            server.stop()
-            code = code if code >= 0 else 128 - code
+            code = supervision.run()
             recorder._set(
                 state="failed",
                 exit_code=code,
@@ -109,12 +139,12 @@ def supervise(spec: LaunchSpec, record: state.Record) -> int:
             )
             return code
         except (KeyboardInterrupt, procs.Stopped) as stop:
-            server.stop()
+            supervision.stop()
             signum = stop.signum if isinstance(stop, procs.Stopped) else signal.SIGINT
             state.remove(record.name)
-            return 0 if server.ready_s is not None else EXIT_SIGNAL_BASE + signum
+            return 0 if supervision.was_ready else EXIT_SIGNAL_BASE + signum
         except DsvError as err:
-            server.stop()
+            supervision.stop()
             recorder._set(
                 state="failed",
                 exit_code=err.exit_code,
@@ -122,7 +152,7 @@ def supervise(spec: LaunchSpec, record: state.Record) -> int:
             )
             return err.exit_code
         finally:
-            server.stop()
+            supervision.stop()
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 The only place that starts processes. vLLM runs in its own session/process group with its own TMPDIR;
 its output is drained by a thread (an unread pipe kills vLLM while it loads) into a log file, a tail
 buffer and the caller's callback. A watchdog outside the group stops the group if dsv4serve dies.
-What counts as ready, and how long to wait for it, is serving.ready's.
+What counts as ready, and how long to wait for it, is serving.ready's; what happens once it serves
+(the health watch, the restart policy) is serving.supervise's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from dsv4serve.engines.base import get_engine
 from dsv4serve.engines.vllm.startup_log import Step
@@ -195,30 +196,43 @@ class Server:
                 if watch is not None:
                     watch()
 
-    def stop(self) -> int | None:
-        """SIGTERM the group, wait the grace period, SIGKILL what is left; clean up. Idempotent."""
+    def stop(self, kill: bool = False) -> int | None:
+        """SIGTERM the group, wait the grace period, SIGKILL what is left; clean up. Idempotent.
+        kill: SIGKILL at once (a stalled server finishes nothing; its clients must see the cut)."""
         if self._stopped:
             return self.proc.returncode if self.proc is not None else None
         with procs.signals_deferred():  # a second Ctrl-C must not abandon a half-stopped server
-            code = self._stop()
+            code = self._stop(kill)
         self._stopped = True
         return code
 
-    def _stop(self) -> int | None:
+    def note(self, text: str) -> None:
+        """A line of dsv4serve's own in the server's log (the health watch's verdicts, restarts)."""
+        log = self._log
+        if log is not None:
+            try:
+                log.write(f"dsv4serve: {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+                log.flush()
+            except (OSError, ValueError):
+                pass
+
+    def _stop(self, kill: bool = False) -> int | None:
         if self.proc is None:
             self._cleanup_files()
             return None
         if self.proc.poll() is None or procs.group_members(self.pgid):
             self._emit("stopping", f"stopping vLLM (process group {self.pgid})")
-            procs.signal_group(self.pgid, signal.SIGTERM)
+            procs.signal_group(self.pgid, signal.SIGKILL if kill else signal.SIGTERM)
             # vLLM defers SIGTERM until its engine is up (seen: still loading 15 s later), and before
             # ready there are no requests to finish: a short grace, then SIGKILL.
             grace = self.spec.grace_s if self.ready_s is not None else min(self.spec.grace_s, STARTUP_GRACE_S)
+            grace = 0.0 if kill else grace
             end = time.monotonic() + grace
             while time.monotonic() < end and (self.proc.poll() is None or procs.group_members(self.pgid)):
                 time.sleep(0.05)
             if procs.group_members(self.pgid):
-                self._emit("warning", f"vLLM did not stop within {grace:.0f} s of SIGTERM: SIGKILL")
+                if not kill:
+                    self._emit("warning", f"vLLM did not stop within {grace:.0f} s of SIGTERM: SIGKILL")
                 procs.signal_group(self.pgid, signal.SIGKILL)
                 procs.wait_group_gone(self.pgid, 5.0)
         code = self.proc.wait()
@@ -311,36 +325,6 @@ class Server:
                 + "; ".join(held)
                 + " (`dsv4serve gpus` shows the processes holding it)",
             )
-
-
-def run_server(
-    spec: LaunchSpec,
-    notify: Notify | None = None,
-    on_ready: Callable[[Server], None] | None = None,
-    watch: Watch | None = None,
-) -> int:
-    """Start, wait until ready, supervise until vLLM exits or a signal asks to stop; return the exit code.
-
-    Before ready: failures raise LaunchError; a signal returns 128+signal. After ready: a signal stops
-    the server and returns 0; vLLM exiting by itself returns its own code. What `watch` raises stops
-    the server and propagates.
-    """
-    server = Server(spec, notify)
-    with procs.stop_on_signals():
-        try:
-            server.start()
-            server.wait_ready(watch)
-            if on_ready is not None:
-                on_ready(server)
-            code = server.wait(watch)
-            server.stop()
-            return code if code >= 0 else 128 - code
-        except (KeyboardInterrupt, procs.Stopped) as stop:
-            server.stop()
-            signum = stop.signum if isinstance(stop, procs.Stopped) else signal.SIGINT
-            return 0 if server.ready_s is not None else 128 + signum
-        finally:
-            server.stop()
 
 
 @contextlib.contextmanager

@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dsv4serve.serving.health import WatchConfig
+
 
 @dataclass(frozen=True)
 class LaunchSpec:
@@ -26,6 +28,8 @@ class LaunchSpec:
     # readiness is the head's, which the `watch` of wait_ready/wait reports (dsv4serve/nodes/).
     headless: bool = False
     engine: str = "vllm"  # engines.base.get_engine: how its start-up log reads
+    # The health watch once ready (serving/watch.py) and its policy; None: no watch.
+    health: WatchConfig | None = None
     # Traffic warm-up before ready (serving/warm.py): concurrent rounds of these sizes; () = none.
     warm_rounds: tuple[int, ...] = ()
 
@@ -33,7 +37,7 @@ class LaunchSpec:
 @dataclass(frozen=True)
 class Event:
     """What the launcher reports: command, started, log, phase, progress, ready, stopping, stopped,
-    warning."""
+    warning; once ready, health (the watch's state changed) and restart (the policy restarts)."""
 
     kind: str
     text: str
