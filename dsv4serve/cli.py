@@ -103,9 +103,12 @@ def _listed_group(info):
 
 
 def _click_message(err, ctx) -> str:
-    """Click's words, but an unknown option always says what it resembles: "did you mean --hardware?"."""
+    """Click's words, but an unknown option always says what it resembles: "did you mean --hardware?",
+    and a value click quotes whole (--port with 5,000 digits) is cut to a readable line."""
     if type(err).__name__ != "NoSuchOption" or ctx is None:
-        return err.format_message()
+        import re
+
+        return re.sub(r"\S{81,}", lambda m: m.group(0)[:57] + "...", err.format_message())
     import difflib
 
     known = [opt for param in ctx.command.params for opt in (*param.opts, *param.secondary_opts)]

@@ -383,6 +383,34 @@ def test_out_of_range_options_are_usage_errors(run_cli, args, words):
     assert result.exit_code == 2 and words in result.stderr and "Traceback" not in result.stderr
 
 
+DIGITS_5000 = "1" * 5000  # int() refuses past 4,300 digits
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("plan", "flash", "--port", DIGITS_5000), "'--port'"),
+        (("plan", "flash", "--max-model-len", DIGITS_5000), "'--max-model-len'"),
+        (("plan", "flash", "--tp", DIGITS_5000), "'--tp'"),
+        (("plan", "flash", "--nodes", DIGITS_5000), "'--nodes'"),
+        (("up", "flash", "--dry-run", "--timeout", DIGITS_5000), "'--timeout'"),
+        (("plan", "flash", "--gpus", DIGITS_5000), "--gpus"),
+        (("plan", "flash", "--hardware", f"{DIGITS_5000}xH200"), "--hardware"),
+        (("plan", "flash", "--hardware", f"2x48GiB@{DIGITS_5000}.0"), "--hardware"),
+        (("plan", "flash", "--hardware", "2xH200", "--", "--max-model-len", DIGITS_5000), "--max-model-len"),
+        (("plan", "flash", "--hardware", "2xH200", "--", "-tp", DIGITS_5000), "-tp"),
+        (
+            ("plan", "flash", "--hardware", "2xH200", "--", "--gpu-memory-utilization", DIGITS_5000),
+            "fraction",
+        ),
+    ],
+    ids=lambda v: v[2] if isinstance(v, tuple) else None,
+)
+def test_a_5000_digit_number_is_a_short_usage_error_naming_the_option(run_cli, args, words):
+    line = one_error(run_cli(*args), words)
+    assert len(line) < 200, line
+
+
 def test_json_never_prints_infinity(run_cli, tmp_path):
     path = child(tmp_path, "hardware: [{gpus: 2, min_vram_gib: .inf, tensor_parallel_size: 2}]")
     result = run_cli("profiles", "show", str(path), "--json")
