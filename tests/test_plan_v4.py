@@ -48,9 +48,10 @@ def test_pro_8xh200_need_at_its_200k_context():
 
 
 def _flash_on(gib_per_gpu):
-    # the preview's weights (the room the figures below were chosen for); the same KV cache as 0731
+    # the preview's weights with its MTP layer (the room the figures below were chosen for; --spec mtp
+    # adds no KV on 0.26) and the same KV cache as 0731
     profile = dataclasses.replace(load_profile("flash-preview"), hardware=())  # let memory alone decide
-    return plan("flash", f"2x{gib_per_gpu}GiB@9.0", profile=profile)
+    return plan("flash", f"2x{gib_per_gpu}GiB@9.0", profile=profile, spec="mtp")
 
 
 def test_lowers_to_the_largest_block_multiple_whose_startup_need_fits():

@@ -73,16 +73,22 @@ def test_profiles_list_shows_variant_draft_min_vllm_and_size(run_cli):
 @pytest.mark.parametrize(
     ("name", "fallback"), [("flash-nvfp4", "flash-preview"), ("pro-nvfp4", "pro-preview")]
 )
-def test_nvfp4_is_refused_on_hopper_naming_the_variant_to_use(run_cli, name, fallback):
-    hardware = "8xH200"
-    res = run_cli("plan", name, "--hardware", hardware)
-    assert res.exit_code == EXIT_NO_FIT
-    assert (
-        "compute capability 9.0, below the 10.0" in res.stderr and f"use the profile {fallback}" in res.stderr
+def test_nvfp4_is_refused_on_hopper_naming_the_variant_to_use(name, fallback):
+    from dsv4serve.errors import HardwareError
+    from dsv4serve.preflight.options import ensure_fits
+
+    hopper = parse_hardware("8xH200").gpus
+    p = make_plan(load_profile(name), hopper, Overrides())
+    assert not p.fits
+    assert any(
+        "compute capability 9.0, below the 10.0" in x and f"use the profile {fallback}" in x
+        for x in p.problems
     )
-    assert f"dsv4serve plan {fallback}" in res.stderr  # the hint
-    assert run_cli("plan", fallback, "--hardware", hardware).exit_code == 0
-    assert run_cli("plan", name, "--hardware", "8xB200").exit_code == 0  # Blackwell: compute capability 10.0
+    with pytest.raises(HardwareError) as err:
+        ensure_fits(p)
+    assert err.value.exit_code == EXIT_NO_FIT and f"dsv4serve plan {fallback}" in err.value.hint
+    assert make_plan(load_profile(fallback), hopper, Overrides()).fits
+    assert make_plan(load_profile(name), parse_hardware("8xB200").gpus, Overrides()).fits  # cc 10.0
 
 
 def test_the_new_meaning_of_flash_is_announced_once(run_cli, isolated_home, tmp_path):
@@ -128,7 +134,7 @@ def test_a_stand_in_size_is_said_in_the_plan():
     p = make_plan(load_profile("pro"), parse_hardware("8xH200").gpus, Overrides())
     assert any("size is not known offline" in n and "hub's file sizes" in n for n in p.notes)
     exact = make_plan(load_profile("pro-preview"), parse_hardware("8xH200").gpus, Overrides())
-    assert not any("not known offline" in n for n in exact.notes)
+    assert not any("size is not known offline" in n for n in exact.notes)
 
 
 def test_up_replans_a_stand_in_with_the_hubs_sizes_before_the_first_byte(run_cli, tmp_path, monkeypatch):

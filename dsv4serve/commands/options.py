@@ -98,6 +98,23 @@ VllmVersionOpt = Annotated[
     ),
 ]
 
+SpecOpt = Annotated[
+    Optional[str],  # noqa: UP045 - None means "the profile's, else off"
+    typer.Option(
+        "--spec",
+        help="Speculative decoding: off, mtp or dspark (the draft the checkpoint carries); planned: its "
+        "weights and KV cache count only when on. Default: the profile's, else off.",
+    ),
+]
+SpecTokensOpt = Annotated[
+    Optional[int],  # noqa: UP045 - None means "the draft's default"
+    typer.Option(
+        "--spec-tokens",
+        help="Draft tokens per step (default: the recipes': MTP 1 on Hopper, else 2; DSpark the "
+        "checkpoint's dspark_block_size).",
+    ),
+]
+
 # `up` and `smoke`: detaching, naming a detached server, output, the API key
 DetachOpt = Annotated[
     bool,

@@ -21,6 +21,8 @@ from dsv4serve.commands.options import (
     PortOpt,
     ProfileArg,
     ProfileDirOpt,
+    SpecOpt,
+    SpecTokensOpt,
     StrategyOpt,
     VllmVersionOpt,
     WarmupOpt,
@@ -69,6 +71,8 @@ def register(app: typer.Typer) -> None:
         master_addr: MasterAddrOpt = None,
         master_port: MasterPortOpt = DEFAULT_MASTER_PORT,
         vllm_version: VllmVersionOpt = None,
+        spec: SpecOpt = None,
+        spec_tokens: SpecTokensOpt = None,
         profile_dir: ProfileDirOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -96,6 +100,8 @@ def register(app: typer.Typer) -> None:
             warmup=warmup,
             node_options=node_options,
             vllm_version=vllm_version,
+            spec=spec,
+            spec_tokens=spec_tokens,
         )
         shared = dict(gpus=gpus, max_model_len=max_model_len, host=host, port=port, extra_args=ctx.args)
         render_plan(plan, as_json, up_prefix(profile, plan, **shared))

@@ -32,6 +32,8 @@ from dsv4serve.commands.options import (
     PortOpt,
     ProfileArg,
     ProfileDirOpt,
+    SpecOpt,
+    SpecTokensOpt,
     StallOpt,
     StrategyOpt,
     TrafficWarmupOpt,
@@ -88,6 +90,8 @@ def register(app: typer.Typer) -> None:
         master_port: MasterPortOpt = DEFAULT_MASTER_PORT,
         strategy: StrategyOpt = None,
         executor: ExecutorOpt = "mp",
+        spec: SpecOpt = None,
+        spec_tokens: SpecTokensOpt = None,
         profile_dir: ProfileDirOpt = None,
         detach: DetachOpt = False,
         name: NameOpt = None,
@@ -141,6 +145,8 @@ def register(app: typer.Typer) -> None:
             warmup=warmup,
             traffic_warmup=traffic_warmup,
             node_options=node_options,
+            spec=spec,
+            spec_tokens=spec_tokens,
         )
         bound = arg_value(plan.args, "--host") or host
         warning = None if node_rank > 0 else keys.exposure_warning(bound, api_key)

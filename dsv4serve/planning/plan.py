@@ -41,6 +41,7 @@ from dsv4serve.planning.memory import (
     overhead_bytes,
 )
 from dsv4serve.planning.node_args import cpu_nodes, layout_args, with_nodes
+from dsv4serve.planning.spec import SpecChoice, resolve_spec, served_profile
 from dsv4serve.planning.strategy import (
     Layout,
     choose_layouts,
@@ -49,7 +50,7 @@ from dsv4serve.planning.strategy import (
     weights_per_gpu,
 )
 from dsv4serve.planning.strategy import divisors as _divisors
-from dsv4serve.planning.types import MemoryRow, Overrides, Plan
+from dsv4serve.planning.types import MemoryRow, Overrides, Plan, SpecSummary
 from dsv4serve.profiles.types import Profile
 
 __all__ = [
@@ -142,6 +143,7 @@ def make_plan(
     requested = _requested_len(profile, overrides)
     release, release_note = modeled_release(overrides)
     if device == "cpu":
+        resolve_spec(profile, overrides.spec, overrides.spec_tokens, ())  # a draft on the CPU: refused
         if not profile.cpu_ok:
             raise HardwareError(
                 f"profile {profile.name!r} needs NVIDIA GPUs (compute capability "
@@ -187,6 +189,10 @@ def _plan_cuda(
     profile: Profile, model: str, requested: int, overrides: Overrides, gpus, nodes: int, release: Release
 ) -> Plan:
     graphs = overrides.cuda_graphs if overrides.cuda_graphs is not None else not profile.serve.enforce_eager
+    spec = resolve_spec(profile, overrides.spec, overrides.spec_tokens, gpus)
+    checkpoint, profile = profile, served_profile(profile, spec)  # the draft's tensors only when it is on
+    if spec.on:
+        overrides = replace(overrides, speculative_config=spec.config_json())
     # 0.27+ counts every allocation after its memory snapshot as non-KV: ~4 GiB more per GPU reported
     # for DeepSeek-V4 (Flash, TP 4, 0.28); no figure for other models, which keep the 0.26 overhead
     extra = release.non_kv_extra_bytes if profile.model.kv_cache is not None else 0
@@ -198,6 +204,7 @@ def _plan_cuda(
         gpu_memory=smallest.memory_usable,  # vLLM's default step follows the GPU's memory
         gpu_name=smallest.name,
         async_scheduling=overrides.executor != "ray",
+        draft_layers=spec.draft_layers,
     )
     choice = choose_layouts(profile, gpus, nodes, overrides.strategy, overrides.tensor_parallel_size)
     best: _Fit | None = None
@@ -220,7 +227,13 @@ def _plan_cuda(
     rejected = [(lay, why) for lay, why in rejected if lay != best.layout]
     capability = _capability_problems(profile, best.gpus)
     problems = list(choice.problems) + list(best.problems) + capability
-    notes = list(choice.notes) + list(best.notes)
+    notes = list(choice.notes) + list(best.notes) + list(spec.notes)
+    if spec.method == "mtp" and best.layout.tp > 1:
+        notes.append(
+            "MTP with TP > 1 deadlocked in vllm issue 41402 (NCCL under batches > 1; a start-up refusal "
+            "was proposed, vLLM 0.32's code has none): which releases are fixed is not known here; watch "
+            "the first requests, or serve it at TP 1 or DP+EP (--strategy dp-ep)"
+        )
     if not profile.model.weights_exact:
         notes.append(
             f"{profile.name}'s size is not known offline: planned with a stand-in of "
@@ -291,8 +304,40 @@ def _plan_cuda(
             _staged(batched, best.layout),
         ),
         vllm_release=release.version,
+        spec=_spec_summary(spec, checkpoint, profile, best, batched),
     )
     return with_nodes(plan, best.layout, overrides, reason(best.layout, profile, rejected))
+
+
+def _spec_summary(
+    spec: SpecChoice, checkpoint: Profile, served: Profile, best: _Fit, ctx: KvContext
+) -> SpecSummary:
+    """The draft's memory per GPU: its weights (when known) and what its KV layers add to the need."""
+    if not spec.on:
+        return SpecSummary("off")
+    layout, length = best.layout, best.max_len
+    staged = _staged(ctx, layout)
+    stage = kv_profile(served, layout, length, staged)
+    kv = kv_need_bytes(stage, length, layout.tp, staged) - kv_need_bytes(
+        stage, length, layout.tp, replace(staged, draft_layers=0)
+    )
+    weights = 0
+    if spec.draft_weights_bytes:  # the layout's share of the draft's bytes
+        without = replace(
+            checkpoint.model, weights_bytes=checkpoint.model.weights_bytes - spec.draft_weights_bytes
+        )
+        weights = weights_per_gpu(checkpoint, layout) - weights_per_gpu(
+            replace(checkpoint, model=without), layout
+        )
+    return SpecSummary(
+        spec.method,
+        spec.tokens,
+        spec.draft_layers,
+        spec.draft_weights_bytes,
+        weights,
+        kv,
+        spec.config_json(),
+    )
 
 
 def _batched_tokens(profile: Profile, overrides: Overrides) -> int | None:

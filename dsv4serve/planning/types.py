@@ -38,6 +38,12 @@ class Overrides:
     # came from ("installed", "--vllm-version").
     vllm_version: str = ""
     vllm_version_source: str = ""
+    # Speculative decoding (planning/spec.py): --spec off|mtp|dspark (None = the profile's, else off),
+    # --spec-tokens K (None = the draft's default); the planner sets speculative_config, vLLM's JSON.
+    spec: str | None = None
+    spec_tokens: int | None = None
+    speculative_config: str = ""
+
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,19 @@ class KvSummary:
 
 
 @dataclass(frozen=True)
+class SpecSummary:
+    """The speculative decoding a plan serves, and the draft's memory per GPU (planning/spec.py)."""
+
+    method: str  # off | mtp | dspark
+    tokens: int = 0  # num_speculative_tokens
+    draft_layers: int = 0
+    draft_weights_bytes: int = 0  # the whole draft; 0 = not known offline, or off
+    draft_weights_per_gpu: int = 0
+    draft_kv_bytes: int = 0  # what the draft's KV layers add to vLLM's start-up need, per GPU
+    config: str = ""  # the --speculative-config vLLM gets
+
+
+@dataclass(frozen=True)
 class NodePlan:
     """What one node runs: the head serves the API, each worker runs its share headless."""
 
@@ -122,3 +141,4 @@ class Plan:
     executor: str = "mp"
     nodes: tuple[NodePlan, ...] = ()  # one per node, the head first; `args`/`env` above are the head's
     vllm_release: str = ""  # the vLLM release whose KV layout, start-up check and defaults were modeled
+    spec: SpecSummary | None = None  # speculative decoding (GPU path)

@@ -135,16 +135,21 @@ def plan_from_options(
     node_options=None,
     weights_bytes: int | None = None,
     vllm_version: str | None = None,
+    spec: str | None = None,
+    spec_tokens: int | None = None,
 ):
     """Load the profile, take stock of the GPUs, select them, and plan: returns (profile, plan).
     node_options (nodes.options.NodeOptions): nodes, strategy, executor, the head's address.
     weights_bytes: the checkpoint's real size (the hub's listing), for a profile with a stand-in.
-    vllm_version: the vLLM release to plan for (--vllm-version); default the installed one."""
+    vllm_version: the vLLM release to plan for (--vllm-version); default the installed one.
+    spec, spec_tokens: speculative decoding (--spec off|mtp|dspark, --spec-tokens K)."""
     from dsv4serve.engines.vllm.flags import settle_overrides
     from dsv4serve.hardware.select import select_gpus
     from dsv4serve.planning.plan import Overrides, make_plan
+    from dsv4serve.planning.spec import check_spec
     from dsv4serve.profiles.load import load_profile
 
+    check_spec(spec, spec_tokens)  # before anything is read
     profile = load_profile(profile_name, profile_dirs=tuple(profile_dirs or ()))
     announce_shadowing(profile_name, profile_dirs or ())
     if weights_bytes is not None:  # the hub's (or the disk's) real size replaces a stand-in
@@ -168,6 +173,8 @@ def plan_from_options(
         **startup_overrides(warmup),
         **node_options.overrides(),
         **release_overrides(vllm_version),
+        spec=spec,
+        spec_tokens=spec_tokens,
     )
     # vLLM flags after `--` that the planner decides become its settings, or are refused (exit 2).
     profile, overrides = settle_overrides(profile, overrides)

@@ -99,6 +99,23 @@ def _kv_lines(plan) -> list[str]:
             f"{kv.in_flight_tokens:,} tokens in flight (max_num_batched_tokens {kv.batched_tokens:,}) "
             f"needs {gib(kv.startup_need, 2)} per GPU{null}"
         )
+    spec = getattr(plan, "spec", None)
+    if spec is not None and spec.method != "off":
+        weights = (
+            f"{gib(spec.draft_weights_per_gpu, 2)} of weights"
+            if spec.draft_weights_bytes
+            else "weights whose size is not known offline (counted in the checkpoint's)"
+        )
+        layers = f"{spec.draft_layers} layer{'s' if spec.draft_layers > 1 else ''}"
+        kv = (
+            f"{gib(spec.draft_kv_bytes, 2)} of KV start-up need per GPU (its SWA-only layers)"
+            if spec.draft_kv_bytes
+            else "no KV start-up need (its SWA-only layers fill room the cache's groups already have)"
+        )
+        lines.append(
+            f"speculative decoding {spec.method}, {spec.tokens} draft token{'s' if spec.tokens > 1 else ''} "
+            f"per step: the draft ({layers}) adds {weights} and {kv}"
+        )
     low = min(plan.memory, key=lambda r: r.kv_capacity_tokens)
     if low.kv_capacity_tokens:
         lines.append(

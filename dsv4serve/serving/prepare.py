@@ -51,10 +51,13 @@ def prepare_launch(
     warmup: str | None = None,
     node_options=None,
     traffic_warmup: bool | None = None,
+    spec: str | None = None,
+    spec_tokens: int | None = None,
 ):
     """Plan (the planner's argv), make the weights local, and build the LaunchSpec: (plan, spec|None).
     node_options (nodes.options.NodeOptions): the spec is that node's (a worker's: headless).
-    traffic_warmup: the rounds of serving/warm.py before ready; None: on for DeepSeek-V4 on GPUs."""
+    traffic_warmup: the rounds of serving/warm.py before ready; None: on for DeepSeek-V4 on GPUs.
+    spec, spec_tokens: speculative decoding (--spec off|mtp|dspark, --spec-tokens K), planned."""
     from dsv4serve.engines.base import get_engine
     from dsv4serve.preflight.options import ensure_fits, plan_from_options
     from dsv4serve.preflight.render import render_plan
@@ -83,6 +86,8 @@ def prepare_launch(
         warmup=warmup,
         node_options=node_options,
     )
+    if spec is not None or spec_tokens is not None:  # vLLM's: a draft the plan counts
+        options.update(spec=spec, spec_tokens=spec_tokens)
     profile, plan = plan_from_options(profile_name, **options)
     if dry_run:
         render_plan(plan, as_json)

@@ -46,6 +46,8 @@ def vllm_args(
         args.append("--enable-auto-tool-choice")
     if serve.enable_expert_parallel:
         args.append("--enable-expert-parallel")
+    if getattr(overrides, "speculative_config", ""):  # planned: the draft's weights and KV are counted
+        args += ["--speculative-config", overrides.speculative_config]
     return tuple(args) + tuple(serve.extra_args) + tuple(overrides.extra_args)
 
 

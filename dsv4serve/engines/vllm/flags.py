@@ -93,7 +93,17 @@ FLAGS = (
     Flag(("--revision",), "any", "", "use the profile's model.revision (download: --revision R)"),
     Flag(("--config",), "any", "", "use a profile: a vLLM config file can change any planned setting"),
     Flag(("--uds",), "any", "", "use dsv4serve's --host and --port: readiness is checked over TCP"),
+    # a draft changes the weights vLLM loads and the KV cache's layers (planning/spec.py)
+    Flag(
+        ("--speculative-config", "-sc"),
+        "any",
+        "speculative",
+        "use dsv4serve's --spec mtp|dspark and --spec-tokens K",
+    ),
 )
+# The speculative methods the planner models, and the config keys it folds (the rest is refused).
+_SPEC_METHODS = ("mtp", "dspark")
+_SPEC_KEYS = {"method", "num_speculative_tokens", "draft_sample_method"}
 _BY_NAME = {name: flag for flag in FLAGS for name in flag.names}
 _LONG_NAMES = sorted(name for name in _BY_NAME if name.startswith("--"))
 
@@ -127,6 +137,11 @@ def _split(arg: str) -> tuple[Flag | None, str, str | None]:
     name, eq, value = arg.partition("=")
     if name.startswith("--"):
         name = name.replace("_", "-")  # vLLM reads --max_model_len as --max-model-len
+    if name.startswith("--speculative-config."):  # vLLM's dotted form of one config key
+        raise UsageError(
+            f"{oneline(arg, 60)}: a speculative config changes the weights and the KV cache the plan counts",
+            "use dsv4serve's --spec mtp|dspark and --spec-tokens K",
+        )
     flag = _BY_NAME.get(name)
     if flag is None and name.startswith("--") and len(name) > 3:
         # argparse's allow_abbrev: an unambiguous prefix is the flag; any prefix of a planned flag is
@@ -225,6 +240,41 @@ def profile_arg_problem(args: tuple[str, ...]) -> tuple[int, str, str] | None:
     return None
 
 
+def speculative_config(raw: str, overrides) -> tuple[str, int | None]:
+    """--speculative-config JSON after `--` as (--spec, --spec-tokens); refused when the planner cannot
+    model it (another method, another key) or when it contradicts --spec / --spec-tokens."""
+    import json
+
+    use = "use dsv4serve's --spec mtp|dspark and --spec-tokens K"
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise UsageError(f"--speculative-config {oneline(raw, 60)}: expected a JSON object", use)
+    method, tokens = config.get("method"), config.get("num_speculative_tokens")
+    if method not in _SPEC_METHODS:
+        raise UsageError(
+            f"--speculative-config: method {oneline(str(method), 40)!r} is not one the plan models "
+            f"({', '.join(_SPEC_METHODS)}: the drafts DeepSeek-V4 checkpoints carry)",
+            use,
+        )
+    extra = sorted(set(config) - _SPEC_KEYS)
+    if extra:
+        raise UsageError(
+            f"--speculative-config: {', '.join(map(str, extra))[:80]} not modeled by the plan", use
+        )
+    if tokens is not None and (type(tokens) is not int or not 1 <= tokens <= 32):
+        raise UsageError(
+            f"--speculative-config: num_speculative_tokens {oneline(str(tokens), 20)}: 1 to 32", use
+        )
+    if (overrides.spec not in (None, method)) or (overrides.spec_tokens not in (None, tokens)):
+        raise UsageError(
+            "--speculative-config after -- contradicts --spec / --spec-tokens", "give one of them"
+        )
+    return method, tokens
+
+
 def settle_overrides(profile, overrides):
     """Check the command line's overrides, and fold the planned flags among the args after `--` into
     them (and into the profile's serve settings): returns (profile, overrides) for make_plan."""
@@ -254,6 +304,8 @@ def settle_overrides(profile, overrides):
             changes["cuda_graphs"] = flag.fold == "graphs"
         elif flag.fold in ("gpu_memory_utilization", "max_num_batched_tokens"):
             serve_changes[flag.fold] = _value(flag, name, value)
+        elif flag.fold == "speculative":
+            changes["spec"], changes["spec_tokens"] = speculative_config(value, overrides)
         else:
             changes[flag.fold] = _value(flag, name, value)
     if not changes and not serve_changes:
