@@ -240,3 +240,108 @@ def test_streams_arrive_token_by_token(main_router):
     # Buffered whole, every event would arrive at once; passed through, they arrive as vLLM decodes.
     distinct = len({round(t, 3) for t in arrivals})
     assert arrivals[-1] - arrivals[0] > 0.05 and distinct >= 10, (arrivals[-1] - arrivals[0], distinct)
+
+
+def generated(port: int) -> float:
+    """The tokens a vLLM has generated so far."""
+    text = CLIENT.get(f"http://127.0.0.1:{port}/metrics").text
+    lines = [line for line in text.splitlines() if line.startswith("vllm:generation_tokens_total")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def test_eval_calibrates_a_threshold_that_a_parallel_router_follows(live):
+    """`route eval` on the shipped dataset against the real pair (the machinery: tiny models classify at
+    random); its P(complex) per prompt then routes a parallel-mode router, whose cancelled Flash answer
+    vLLM stops generating."""
+    flash_url = f"http://127.0.0.1:{live['ports']['flash']}"
+    pro_url = f"http://127.0.0.1:{live['ports']['pro']}"
+    args = [
+        "route",
+        "eval",
+        "builtin",
+        "--flash",
+        flash_url,
+        "--pro",
+        pro_url,
+        "--pro-key-file",
+        live["key_file"],
+    ]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dsv4serve",
+            *args,
+            "--concurrency",
+            "8",
+            "--target-pro-share",
+            "0.5",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, **live["env"]},
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["examples"] >= 100 and out["tokens"]["prompt_counted"] == out["examples"]  # vLLM's /tokenize
+    assert sum(sum(row.values()) for row in out["confusion"].values()) == out["examples"]
+    assert [s["name"] for s in out["strategies"]][:3] == ["router", "always-Flash", "always-Pro"]
+    decided = [d for d in out["decisions"] if d["p_complex"] is not None]
+    assert len(decided) == out["confidence"]["answers"] >= out["examples"] - 5  # logprobs from real vLLM
+    assert abs(out["confidence"]["target"]["pro_share"] - 0.5) <= 0.1
+    low, high = min(decided, key=lambda d: d["p_complex"]), max(decided, key=lambda d: d["p_complex"])
+    assert high["p_complex"] > low["p_complex"]
+    from dsv4serve.router.evaluate import load_dataset
+
+    text = {e.line: e.messages[-1]["content"] for e in load_dataset("builtin")[1]}
+    threshold = (low["p_complex"] + high["p_complex"]) / 2
+    profile = live["logs"] / "parallel.yaml"
+    yaml = PROFILE.format(method="compact_json").replace(
+        "  timeout_s: 60", f"  timeout_s: 60\n  threshold: {threshold}"
+    )
+    profile.write_text(yaml + "mode: parallel\nsessions: {enabled: false}\n")
+    port = free_port()
+    router = Process(
+        [
+            "route",
+            str(profile),
+            "--flash",
+            flash_url,
+            "--pro",
+            pro_url,
+            "--pro-key-file",
+            live["key_file"],
+            "--port",
+            str(port),
+        ],
+        live["logs"] / "route-parallel.log",
+        live["env"],
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        router.wait_for(url + "/v1/models", 30)
+        for example, route, model in ((low, "flash", "tiny"), (high, "pro", "tiny-pro")):
+            before = generated(live["ports"]["flash"])
+            body = {
+                "model": "auto",
+                "messages": [{"role": "user", "content": text[example["line"]]}],
+                "max_tokens": 256,
+                "min_tokens": 256,  # Flash's answer runs far longer than the classifier's
+                "stream": True,
+            }
+            with CLIENT.stream("POST", url + "/v1/chat/completions", json=body) as resp:
+                assert resp.headers["x-dsv4serve-route"] == route, resp.headers
+                models = {
+                    json.loads(line[6:])["model"] for line in resp.iter_lines() if line.startswith("data: {")
+                }
+            assert models == {model}
+            time.sleep(1.0)
+            # Flash generated its whole answer (and the classifier's) when it was the answer; cancelled,
+            # it stopped well before its 256 tokens.
+            spent = generated(live["ports"]["flash"]) - before
+            assert spent >= 256 if route == "flash" else spent < 256, spent
+        assert 'dsv4serve_route_parallel_total{outcome="cancelled"} 1.0' in CLIENT.get(url + "/metrics").text
+    finally:
+        router.stop()

@@ -163,14 +163,17 @@ def register(app: typer.Typer) -> None:
         profile = load_router_profile(router_profile)
         api_key = None
         if explain is None:
-            from dsv4serve.service import keys
+            from dsv4serve.service import keys as client_keys
 
-            api_key = keys.read_api_key(api_key_file)
-            if not api_key and not keys.is_loopback(host) and not insecure_no_key:
+            api_key = client_keys.read_api_key(api_key_file)
+            if not api_key and not client_keys.is_loopback(host) and not insecure_no_key:
                 raise UsageError(
                     f"--host {host} without a client key: anyone who reaches the port would use Pro",
-                    f"set --api-key-file FILE or ${keys.ENV_NAME}, or pass --insecure-no-key",
+                    f"set --api-key-file FILE or ${client_keys.ENV_NAME}, or pass --insecure-no-key",
                 )
+            warning = client_keys.exposure_warning(host, api_key)
+            if warning:  # --insecure-no-key
+                typer.echo(warning, err=True)
         if explain is not None:
             if not is_url(flash) or (pro and not is_url(pro)):
                 raise UsageError("--explain asks running servers: give --flash (and --pro) as URLs")

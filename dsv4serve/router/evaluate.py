@@ -325,6 +325,17 @@ def report(
             for name, v in sorted(kinds.items())
         },
         "confidence": _calibration(levels, outcomes, target_share),
+        "decisions": [
+            {
+                "line": e.line,
+                "level": e.level,
+                "route": o.route,
+                "reason": o.reason,
+                "p_complex": o.p_complex,
+                "ms": round(o.seconds * 1000, 1),
+            }
+            for e, o in zip(examples, outcomes, strict=True)
+        ],
     }
 
 
@@ -383,7 +394,7 @@ def _pct(values: list[float], q: int) -> float:
 
 
 def render(name: str, profile: str, result: dict[str, Any]) -> list[str]:
-    """The report as text lines."""
+    """The report as text lines (--json adds each example's decision)."""
     r = result
     lines = [
         f"route eval: {r['examples']} prompts ({r['levels']['simple']} simple, {r['levels']['complex']} "
