@@ -79,6 +79,8 @@ BAD_VALUES = [
     ),
     ("cc-arabic-digits", "model: {min_compute_capability: '٩.٠'}", "model.min_compute_capability", 3),
     ("version-5000-digits", "serve: {min_vllm_version: '" + "1" * 5000 + ".0'}", "serve.min_vllm_version", 3),
+    # after a `--` nothing is checked as a flag: `--port ²` there reached up's int() (an internal error)
+    ("dashdash-in-extra-args", 'serve: {extra_args: ["--", "--port", "²"]}', "serve.extra_args[0]", 3),
 ]
 
 

@@ -208,6 +208,15 @@ def check(profile: Profile, doc: LocatedMap) -> None:
         f"{oneline(model.revision or '', 100)!r} is not a branch, tag or commit",
         "e.g. main, v1.0 or a 40-character commit",
     )
+    # After a `--` vLLM's parser reads no flag, and nothing here checks what follows: `--port ²` there
+    # reached the readiness probe's int() unchecked.
+    dashes = serve.extra_args.index("--") if "--" in serve.extra_args else -1
+    need(
+        dashes < 0,
+        ("serve", "extra_args", dashes),
+        "`--` ends vLLM's options: what follows would not be read as flags",
+        "remove the `--`; write each vLLM flag as an item of extra_args",
+    )
     bad_arg = profile_arg_problem(serve.extra_args)
     if bad_arg:
         need(False, ("serve", "extra_args", bad_arg[0]), bad_arg[1], bad_arg[2])
