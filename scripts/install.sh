@@ -24,6 +24,13 @@ else
     : > "$shim/RECORD"
   fi
 fi
+# `transformers serve` (--engine transformers) loads with a device map, which needs accelerate; pinned to
+# the torch already installed, so no other torch build is ever pulled in (a plain `torch` is a CUDA build).
+torch_ver=$("$VENV/bin/python" -c 'from importlib.metadata import version; print(version("torch"))' 2>/dev/null || true)
+if [ -n "$torch_ver" ]; then
+  printf 'torch==%s\n' "${torch_ver%%+*}" > "$VENV/torch-constraint.txt"
+  pip install -q -c "$VENV/torch-constraint.txt" "accelerate>=1.10"
+fi
 # kubernetes-validate and jsonschema: the real validators of `dsv4serve export`'s output (tests/test_export.py).
 pip install -q pytest pytest-timeout ruff openai "hypothesis>=6.100" "import-linter>=2.1" "kubernetes-validate>=1.30" "jsonschema>=4.18"
 "$VENV/bin/python" -c 'import dsv4serve, vllm; print("installed dsv4serve", dsv4serve.__version__, "with vllm", vllm.__version__)'

@@ -318,8 +318,8 @@ def test_up_on_a_busy_port_exits_5_before_vllm_starts(run_cli):
 class Cli:
     """`dsv4serve ...` as a separate process, its stdout/stderr read as they come."""
 
-    def __init__(self, argv: list[str]):
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.out: list[str] = []
         self.err: list[str] = []
         self._cond = threading.Condition()

@@ -316,9 +316,18 @@ def test_cli_plan_flash_3xh200(run_cli):
 
 
 def test_cli_plan_flash_rtx4090_exits_3_with_reasons(run_cli):
-    result = run_cli("plan", "flash", "--hardware", "1xRTX4090")
+    result = run_cli("plan", "flash", "--hardware", "1xRTX4090", "--engine", "vllm")
     assert result.exit_code == 3
     assert "compute capability 8.9" in result.stdout and "weights alone" in result.stdout
+
+
+def test_cli_plan_flash_rtx4090_auto_is_llama_cpp(run_cli):
+    """vLLM cannot run V4 below compute capability 9.0: auto plans llama.cpp with experts in RAM."""
+    result = run_cli("plan", "flash", "--hardware", "1xRTX4090", "--ram", "256", "--json")
+    data = json.loads(result.stdout)
+    assert result.exit_code == 0, result.stderr
+    assert data["engine"] == "llama.cpp" and data["argv"][0] == "llama-server"
+    assert any("engine auto: vLLM cannot run flash" in n for n in data["notes"])
 
 
 def test_cli_unknown_gpu_is_a_usage_error(run_cli):
@@ -327,7 +336,7 @@ def test_cli_unknown_gpu_is_a_usage_error(run_cli):
 
 
 def test_cli_plan_flash_without_gpu_or_hardware(run_cli):
-    result = run_cli("plan", "flash")  # this machine has no NVIDIA driver
+    result = run_cli("plan", "flash", "--engine", "vllm")  # this machine has no NVIDIA driver
     assert result.exit_code == 3 and "--hardware" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -246,12 +246,13 @@ def test_plan_with_declared_gpus_gives_flash_s_v4_flags(run_cli):
 
 
 @pytest.mark.parametrize("command", ["up", "smoke"])
-def test_without_a_gpu_tiny_v4_refuses_at_once(command, isolated_home):
+def test_without_a_gpu_tiny_v4_on_vllm_refuses_at_once(command, isolated_home):
+    """--engine vllm: vLLM cannot run V4 here (auto picks llama.cpp or Transformers: test_engines.py)."""
     # CUDA_VISIBLE_DEVICES="" hides any GPU, so the refusal is tested whether NVML is absent (CI) or not.
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
     t0 = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "dsv4serve", command, "tiny-v4"],
+        [sys.executable, "-m", "dsv4serve", command, "tiny-v4", "--engine", "vllm"],
         env=env,
         capture_output=True,
         text=True,

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from dsv4serve.commands.engine_options import EngineOpt, QuantOpt, RamOpt, ThinkingOpt, engine_options
 from dsv4serve.commands.options import (
     CudaGraphsOpt,
     ExecutorOpt,
@@ -73,20 +74,27 @@ def register(app: typer.Typer) -> None:
         vllm_version: VllmVersionOpt = None,
         spec: SpecOpt = None,
         spec_tokens: SpecTokensOpt = None,
+        engine: EngineOpt = None,
+        quant: QuantOpt = None,
+        ram: RamOpt = None,
+        thinking: ThinkingOpt = None,
         profile_dir: ProfileDirOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Plan PROFILE: TP size, context, memory per GPU, the vLLM command (args after -- go to vLLM)."""
+        """Plan PROFILE: the engine, context, memory per GPU (and RAM), the command (args after -- go to
+        the engine)."""
+        from dsv4serve.preflight.engine_choice import plan_for_engine
         from dsv4serve.preflight.node_text import up_prefix
         from dsv4serve.preflight.nodes import NodeOptions, check
-        from dsv4serve.preflight.options import ensure_fits, plan_from_options
+        from dsv4serve.preflight.options import ensure_fits
         from dsv4serve.preflight.render import render_plan
 
         node_options = check(
             NodeOptions(nodes, 0, master_addr, master_port, strategy, executor), starting=False
         )
-        _, plan = plan_from_options(
+        _, plan = plan_for_engine(
             profile,
+            engine_options(engine, quant, ram, thinking),
             profile_dirs=profile_dir or (),
             gpus=gpus,
             hardware=hardware,

@@ -3,7 +3,9 @@
 An engine is what one inference server needs from dsv4serve: the interpreter args that start it, its
 argv from a plan's decisions, the flags it folds into a plan or refuses, its installed version and
 floor, how its start-up log reads (phases, progress, the hint of an early exit), and the directories
-its caches need. vLLM (engines/vllm/) is the first; llama.cpp and Transformers sit beside it.
+its caches need, the variable its API key travels in, and the argv that starts it. vLLM (engines/vllm/),
+llama.cpp's llama-server (engines/llamacpp/, GGUF files) and `transformers serve` (engines/transformers/)
+sit side by side; each engine's memory model is planning's (planning/llamacpp.py, transformers.py).
 Engines sit below profiles and planning: they read a profile, overrides or a plan by their fields.
 """
 
@@ -12,7 +14,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-ENGINES = ("vllm",)
+from dsv4serve.engines.names import ALIASES, AUTO, ENGINE_CHOICES, ENGINES, PROGRAMS, engine_name
+
+__all__ = [
+    "ALIASES",
+    "AUTO",
+    "ENGINE_CHOICES",
+    "ENGINES",
+    "PROGRAMS",
+    "Engine",
+    "LogReader",
+    "engine_name",
+    "get_engine",
+]
 
 
 class LogReader(Protocol):
@@ -25,7 +39,12 @@ class LogReader(Protocol):
 
 class Engine(Protocol):
     name: str
-    main: tuple[str, ...]  # after the interpreter: the module and subcommand that serve
+    main: tuple[str, ...]  # after the interpreter: the module and subcommand that serve (vLLM, Transformers)
+    program: tuple[str, ...]  # what a user types before the args: ("vllm", "serve"), ("llama-server",)
+    api_key_env: str | None  # the server's own variable for its API key (never on an argv); None: no key
+
+    def launch_argv(self, args: Sequence[str]) -> tuple[str, ...]:
+        """The argv that starts the server with these args (an interpreter and module, or a binary)."""
 
     def serve_args(
         self,
@@ -66,10 +85,19 @@ class Engine(Protocol):
 
 def get_engine(name: str = "vllm") -> Engine:
     """The engine of that name (its module is imported only now)."""
+    name = ALIASES.get(name, name)
     if name == "vllm":
         from dsv4serve.engines.vllm.engine import ENGINE
 
         return ENGINE
+    if name == "llama.cpp":
+        from dsv4serve.engines.llamacpp.engine import ENGINE as LLAMA
+
+        return LLAMA
+    if name == "transformers":
+        from dsv4serve.engines.transformers.engine import ENGINE as TRANSFORMERS
+
+        return TRANSFORMERS
     from dsv4serve.errors import UsageError
 
     raise UsageError(f"unknown engine {name!r}", f"use one of: {', '.join(ENGINES)}")

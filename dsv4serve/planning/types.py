@@ -45,7 +45,6 @@ class Overrides:
     speculative_config: str = ""
 
 
-
 @dataclass(frozen=True)
 class MemoryRow:
     """The memory budget of one device (a GPU, or the host on the CPU path), in bytes."""
@@ -128,6 +127,10 @@ class Plan:
     args: tuple[str, ...]  # vLLM args after `serve`, MODEL first
     env: tuple[tuple[str, str], ...]
     problems: tuple[str, ...] = ()
+    # The engine that serves it (engines.base.ENGINES) and that engine's own decisions: for llama.cpp a
+    # planning.engine_types.GgufPlan (quant, offload, context), for Transformers a TransformersPlan.
+    engine: str = "vllm"
+    engine_plan: object = None
     notes: tuple[str, ...] = ()
     suggestions: tuple[str, ...] = ()  # layouts that would fit, e.g. "8xH200"
     verdict: str = ""  # one line: "fits on 2x H200", or the main reason it does not

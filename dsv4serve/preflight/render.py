@@ -33,6 +33,9 @@ def render_plan(plan, as_json: bool = False, up: Sequence[str] = ()) -> None:
 
         where, layout = f"{len(plan.nodes)} nodes x {where} (each alike)", layout_title(plan)
     title = f"plan {plan.profile} on {where}: {layout}, max_model_len {plan.max_model_len}"
+    from dsv4serve.preflight.engine_text import engine_lines, engine_title
+
+    title = engine_title(plan) or title  # llama.cpp, Transformers: their own decisions
     names = ("device", "name", "weights", "KV cache", "overhead", "total", "budget", "free", "fits")
     columns = [(name, "left" if name in ("device", "name") else "right") for name in names]
     rows = []
@@ -52,7 +55,9 @@ def render_plan(plan, as_json: bool = False, up: Sequence[str] = ()) -> None:
             )
         )
     out.print(text_table(title, columns, rows), markup=False, crop=False, overflow="ignore")
-    if plan.device == "cuda":
+    for line in engine_lines(plan) if plan.engine != "vllm" else ():
+        out.print(line)
+    if plan.device == "cuda" and plan.engine == "vllm":
         out.print(
             f"budget = gpu_memory_utilization {plan.gpu_memory_utilization:g} x CUDA's total memory; "
             f"CUDA graphs {'on' if plan.cuda_graphs else 'off (--enforce-eager)'}"

@@ -17,6 +17,7 @@ from dsv4serve.engines.vllm.version import check_version_text
 from dsv4serve.errors import oneline
 from dsv4serve.hardware.inventory import CAPABILITY_RE
 from dsv4serve.profiles.document import KINDS, STR_HINT, Loc, LocatedList, LocatedMap, fail, join, kind
+from dsv4serve.profiles.engine_check import check_engine_fields
 from dsv4serve.profiles.hub_names import valid_repo_id, valid_revision
 from dsv4serve.profiles.types import (
     GENERATED,
@@ -295,6 +296,7 @@ def check(profile: Profile, doc: LocatedMap) -> None:
     if model.draft is not None:
         _check_draft(need, model.draft, model.weights_bytes)
     _check_serve_extras(need, serve)
+    check_engine_fields(need, profile)  # serve.engine, model.gguf (profiles/engine_check.py)
     need(
         not model.fallback or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model.fallback) is not None,
         ("model", "fallback"),

@@ -45,6 +45,27 @@ class Draft:
 
 
 @dataclass(frozen=True)
+class GgufQuant:
+    """One quantization of a GGUF repo (llama.cpp): its files and their size."""
+
+    name: str  # as the repo names it: UD-Q4_K_XL, IQ2XXS, ...
+    pattern: str  # a glob over the repo's paths that matches this quant's files (all its shards), only
+    bytes: int = 0  # all its files together; 0 = not known offline (the hub's listing sizes it)
+    exact: bool = False  # bytes is the hub's listing (else a stand-in, replaced before the first byte)
+
+
+@dataclass(frozen=True)
+class Gguf:
+    """The GGUF files llama.cpp serves for this model (planning/llamacpp.py, weights/gguf.py): a hub
+    repo with its quants, or none, when the weights step converts the checkpoint (tiny-v4)."""
+
+    repo: str | None = None
+    revision: str | None = None
+    quants: tuple[GgufQuant, ...] = ()
+    quant: str | None = None  # the default quant; None = the largest that fits RAM plus VRAM
+
+
+@dataclass(frozen=True)
 class Model:
     """What to serve: where the weights come from and the facts the planner needs."""
 
@@ -78,6 +99,7 @@ class Model:
     weights_exact: bool = True
     draft: Draft | None = None  # the speculative-decoding draft it carries, if any
     fallback: str = ""  # the profile to use on GPUs below min_compute_capability (named in the refusal)
+    gguf: Gguf | None = None  # llama.cpp's files of this model (--engine llama.cpp)
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,7 @@ class Serve:
     deep_gemm_warmup: str | None = None  # full | relax | skip -> VLLM_DEEP_GEMM_WARMUP
     speculative: str | None = None  # off | mtp | dspark: the default of --spec (None = off)
     speculative_tokens: int | None = None  # the default of --spec-tokens (None = the draft's default)
+    engine: str | None = None  # vllm | llama.cpp | transformers | auto (None = auto): --engine's default
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()  # sorted (name, value) pairs
 

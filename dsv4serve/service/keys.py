@@ -46,10 +46,19 @@ def _checked(key: str, where: str) -> str:
 
 
 def with_key(spec, key: str | None):
-    """The launch spec with the key in vLLM's environment."""
+    """The launch spec with the key in its engine's environment (vLLM's VLLM_API_KEY, llama-server's
+    LLAMA_API_KEY); `transformers serve` takes none, so a key with it is a usage error."""
     if not key:
         return spec
-    return dataclasses.replace(spec, env={**dict(spec.env), VLLM_ENV: key})
+    from dsv4serve.engines.base import get_engine
+
+    env_name = get_engine(spec.engine).api_key_env
+    if env_name is None:
+        raise UsageError(
+            f"{spec.engine} serves without an API key: it cannot check the one given",
+            "drop --api-key-file (and $DSV4SERVE_API_KEY) and stay on 127.0.0.1, or use --engine llama.cpp",
+        )
+    return dataclasses.replace(spec, env={**dict(spec.env), env_name: key})
 
 
 def is_loopback(host: str) -> bool:

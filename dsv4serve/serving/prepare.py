@@ -4,32 +4,13 @@ environment, log file and readiness deadline of one vLLM server (or one node's p
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_PORT
+from dsv4serve.serving.launch_args import arg_value, log_path
 from dsv4serve.serving.spec import LaunchSpec
-
-
-def log_path(profile: str) -> Path:
-    """A fresh log file under the user cache dir: $XDG_CACHE_HOME/dsv4serve/logs/PROFILE-TIME.log."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(base) / "dsv4serve" / "logs" / f"{profile}-{stamp}-{os.getpid()}.log"
-
-
-def arg_value(args: Sequence[str], flag: str) -> str | None:
-    """The value vLLM will use for FLAG: its last occurrence (args after `--` come last and win)."""
-    value = None
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.partition("=")[2]
-    return value
 
 
 def prepare_launch(
@@ -51,14 +32,17 @@ def prepare_launch(
     warmup: str | None = None,
     node_options=None,
     traffic_warmup: bool | None = None,
+    engine_options=None,
     spec: str | None = None,
     spec_tokens: int | None = None,
 ):
     """Plan (the planner's argv), make the weights local, and build the LaunchSpec: (plan, spec|None).
     node_options (nodes.options.NodeOptions): the spec is that node's (a worker's: headless).
     traffic_warmup: the rounds of serving/warm.py before ready; None: on for DeepSeek-V4 on GPUs.
+    engine_options (preflight.engine_choice.EngineOptions): --engine, --quant, --ram, --thinking.
     spec, spec_tokens: speculative decoding (--spec off|mtp|dspark, --spec-tokens K), planned."""
     from dsv4serve.engines.base import get_engine
+    from dsv4serve.preflight.engine_choice import plan_for_engine
     from dsv4serve.preflight.options import ensure_fits, plan_from_options
     from dsv4serve.preflight.render import render_plan
     from dsv4serve.redact import register as register_secrets
@@ -88,12 +72,18 @@ def prepare_launch(
     )
     if spec is not None or spec_tokens is not None:  # vLLM's: a draft the plan counts
         options.update(spec=spec, spec_tokens=spec_tokens)
-    profile, plan = plan_from_options(profile_name, **options)
+    profile, plan = plan_for_engine(profile_name, engine_options, starting=not dry_run, **options)
     if dry_run:
         render_plan(plan, as_json)
         ensure_fits(plan)
         return plan, None
-    engine = get_engine()  # the one engine today; a profile's serve.engine will pick it
+    if plan.engine != "vllm":  # llama.cpp, Transformers: their weights and launch (prepare_engines.py)
+        from dsv4serve.serving.prepare_engines import prepare_other
+
+        return prepare_other(
+            profile_name, profile, plan, engine_options, options, timeout, allow_download, progress
+        )
+    engine = get_engine(plan.engine)
     engine.require_version(
         profile.serve.min_vllm_version, engine.installed_version(), profile.name
     )  # before downloads
@@ -124,7 +114,7 @@ def prepare_launch(
         before = tuple((g.uuid or str(g.index), g.memory_used) for g in plan.gpus)
     register_secrets(secret_values(plan.env, plan.args))  # masked in the log lines shown and in errors
     spec = LaunchSpec(
-        argv=(sys.executable, *engine.main, *plan.args),
+        argv=engine.launch_argv(plan.args),
         # where vLLM listens: the plan's (an --host/--port after `--` was folded into it)
         host=arg_value(plan.args, "--host") or host,
         port=int(arg_value(plan.args, "--port") or port),

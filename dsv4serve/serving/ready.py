@@ -77,7 +77,8 @@ def api_key(spec: LaunchSpec) -> str | None:
             key = spec.argv[i + 1]
         elif arg.replace("_", "-").startswith("--api-key="):
             key = arg.partition("=")[2]
-    return key or spec.env.get("VLLM_API_KEY") or os.environ.get("VLLM_API_KEY") or None
+    name = "LLAMA_API_KEY" if spec.engine == "llama.cpp" else "VLLM_API_KEY"  # the engine's own variable
+    return key or spec.env.get(name) or os.environ.get(name) or None
 
 
 def http_status(url: str) -> int | None:

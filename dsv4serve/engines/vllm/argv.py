@@ -52,8 +52,10 @@ def vllm_args(
 
 
 def command(plan: Any) -> tuple[str, ...]:
-    """The command a user would type: `vllm serve MODEL ...`."""
-    return ("vllm", "serve", *plan.args)
+    """The command a user would type: `vllm serve MODEL ...` (another engine's plan: its own program)."""
+    from dsv4serve.engines.names import PROGRAMS
+
+    return (*PROGRAMS[getattr(plan, "engine", "vllm")], *plan.args)
 
 
 def shell_line(plan: Any) -> str:

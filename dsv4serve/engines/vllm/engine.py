@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from dsv4serve.engines.names import PROGRAMS
 
 
 @dataclass(frozen=True)
@@ -13,6 +16,11 @@ class VllmEngine:
     # vLLM's entry point, run by the interpreter that runs dsv4serve (the CPU build, through the
     # dist-info shim scripts/install.sh adds, and the GPU bundle both provide it).
     main: tuple[str, ...] = ("-m", "vllm.entrypoints.cli.main", "serve")
+    program: tuple[str, ...] = PROGRAMS["vllm"]
+    api_key_env: str | None = "VLLM_API_KEY"
+
+    def launch_argv(self, args: Sequence[str]) -> tuple[str, ...]:
+        return (sys.executable, *self.main, *args)
 
     def serve_args(self, profile: Any, model: str, overrides: Any, tp: int, max_len: int, graphs: bool, util):
         from dsv4serve.engines.vllm.argv import vllm_args

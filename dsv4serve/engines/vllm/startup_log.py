@@ -226,9 +226,11 @@ class StartupTracker:
             return Step(text if progress else None, phase, progress, redraw=True)
         return Step(text, phase, progress)
 
+    phases = PHASES  # another engine's tracker gives its own (engines/startup.py)
+
     def _advance(self, text: str, now: float) -> str | None:
-        for index in range(len(PHASES) - 1, self._index, -1):
-            name, pattern = PHASES[index]
+        for index in range(len(self.phases) - 1, self._index, -1):
+            name, pattern = self.phases[index]
             if pattern.search(text):
                 self._index = index
                 self.phase = name

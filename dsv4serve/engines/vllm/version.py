@@ -81,6 +81,16 @@ def installed_vllm_version(paths: Sequence[str] | None = None) -> str | None:
     return None
 
 
+def distribution_version(name: str, paths: Sequence[str] | None = None) -> str | None:
+    """Any installed distribution's version, read as installed_vllm_version reads vLLM's."""
+    wanted = name.replace("-", "_").lower()
+    for entry in [p or "." for p in (sys.path if paths is None else paths)]:
+        version = _version_in(entry, wanted)
+        if version:
+            return version
+    return None
+
+
 def _version_in(directory: str, wanted: str) -> str | None:
     try:
         names = os.listdir(directory)

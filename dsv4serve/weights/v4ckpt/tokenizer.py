@@ -39,6 +39,25 @@ ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<｜fim▁end｜>", True),
 )
 _SPACE = "Ġ"  # GPT-2's byte-level character for a space
+CHAT_TEMPLATE = "chat_template.jinja"
+# How `transformers serve` splits a V4 reply (tokenizer_config's response_template): the prompt ends with
+# <｜Assistant｜><think> (thinking) or <｜Assistant｜></think> (not), so the reply opens inside or after
+# the thinking; the thinking goes to `reasoning_content`, the rest up to end-of-sentence to `content`.
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor_pattern": "<｜Assistant｜>(?:</think>)?",
+    "fields": {
+        "thinking": {"open": "<think>", "close": "</think>", "content": "text"},
+        "content": {"close_pattern": r"\s*<｜end▁of▁sentence｜>", "content": "text"},
+    },
+}
+
+
+def chat_template() -> str:
+    """DeepSeek-V4's chat template (llama.cpp's models/templates/deepseek-ai-DeepSeek-V4.jinja, MIT)."""
+    from importlib.resources import files
+
+    return files("dsv4serve.weights.v4ckpt").joinpath(CHAT_TEMPLATE).read_text(encoding="utf-8")
 
 
 def token_id(vocab_size: int, content: str) -> int:
@@ -109,4 +128,5 @@ def tokenizer_config(vocab_size: int, max_length: int) -> dict:
         "model_max_length": max_length,
         "tokenizer_class": "PreTrainedTokenizerFast",
         "added_tokens_decoder": {str(a["id"]): {k: a[k] for k in keys} for a in added_tokens(vocab_size)},
+        "response_template": RESPONSE_TEMPLATE,
     }

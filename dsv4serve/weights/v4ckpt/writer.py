@@ -19,7 +19,7 @@ from dsv4serve.errors import DownloadError, UsageError
 from dsv4serve.weights.v4ckpt import layout, tokenizer
 from dsv4serve.weights.v4ckpt.spec import V4Spec, get_spec, model_config
 
-GENERATOR_VERSION = 1  # bump when the bytes written for a given spec change
+GENERATOR_VERSION = 2  # bump when the bytes written for a given spec change (2: chat and response templates)
 MARKER = "dsv4serve-v4.json"  # written last: its presence means the directory is complete
 
 
@@ -107,6 +107,9 @@ def write_checkpoint(
     _json(dest / "generation_config.json", generation)
     _json(dest / "tokenizer.json", tokenizer.tokenizer_json(vocab), indent=None)
     _json(dest / "tokenizer_config.json", tokenizer.tokenizer_config(vocab, spec.max_position_embeddings))
+    # DeepSeek-V4's chat template, for the engines that render chats from the checkpoint (Transformers,
+    # llama.cpp's converter); vLLM's --tokenizer-mode deepseek_v4 encodes chats itself.
+    (dest / tokenizer.CHAT_TEMPLATE).write_text(tokenizer.chat_template(), encoding="utf-8")
     plan = layout.shards(spec)
     _json(dest / "model.safetensors.index.json", layout.index_json(plan))
     jobs = max(1, min(jobs, len(plan)))
