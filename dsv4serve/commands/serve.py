@@ -110,6 +110,7 @@ def register(app: typer.Typer) -> None:
         from dsv4serve.service import keys
         from dsv4serve.service.console import terminal_notify
         from dsv4serve.serving.chat import curl_line
+        from dsv4serve.serving.checks import deepseek_v4_chat
         from dsv4serve.serving.health import watch_config, watch_options
         from dsv4serve.serving.prepare import arg_value, prepare_launch
         from dsv4serve.serving.supervise import run_server
@@ -187,7 +188,9 @@ def register(app: typer.Typer) -> None:
                 return
             out = console()
             out.print(f"ready in {server.ready_s:.1f} s: {url}/v1  (model: {model})", markup=False)
-            out.print(curl_line(url, model, bool(api_key)), markup=False, crop=False, overflow="ignore")
+            plain = deepseek_v4_chat(spec.argv)  # vLLM 0.28+ thinks by default: ask for a plain answer
+            curl = curl_line(url, model, bool(api_key), plain)
+            out.print(curl, markup=False, crop=False, overflow="ignore")
             out.print(f"log: {spec.log_path}   Ctrl-C stops the server", markup=False)
 
         if len(plan.nodes) > 1 and executor == "mp":  # this node's vLLM, and the line to the others
@@ -220,6 +223,7 @@ def register(app: typer.Typer) -> None:
         from dsv4serve.service.console import terminal_notify
         from dsv4serve.serving import procs
         from dsv4serve.serving.chat import chat_once
+        from dsv4serve.serving.checks import as_dicts, deepseek_v4_chat, run_checks
         from dsv4serve.serving.launch import running_server
         from dsv4serve.serving.prepare import prepare_launch
 
@@ -244,6 +248,8 @@ def register(app: typer.Typer) -> None:
                     "phases": server.phase_times,
                 }
                 result.update(chat_once(server.base_url, spec.served_model_name, api_key=api_key))
+                if spec.engine == "vllm" and deepseek_v4_chat(spec.argv):  # plain, thinking, tools apart
+                    result["checks"] = as_dicts(run_checks(server.base_url, spec.served_model_name, api_key))
         except procs.Stopped as stop:
             raise typer.Exit(128 + stop.signum) from None
         left = procs.group_members(server.pgid)
@@ -263,3 +269,5 @@ def register(app: typer.Typer) -> None:
         tps = result["tokens_per_s"]
         out.print(f"  tokens/s (decode)  {tps if tps is not None else '-'}", markup=False)
         out.print(f"  reply ({result['completion_tokens']} tokens): {result['reply']!r}", markup=False)
+        for check in result.get("checks", ()):  # DeepSeek-V4: each on its own
+            out.print(f"  {check['name'] + ' check':<18} ok: {check['detail']}", markup=False)

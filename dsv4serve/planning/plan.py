@@ -228,6 +228,7 @@ def _plan_cuda(
     capability = _capability_problems(profile, best.gpus)
     problems = list(choice.problems) + list(best.problems) + capability
     notes = list(choice.notes) + list(best.notes) + list(spec.notes)
+    notes += _thinking_notes(profile, release, best.max_len)
     if spec.method == "mtp" and best.layout.tp > 1:
         notes.append(
             "MTP with TP > 1 deadlocked in vllm issue 41402 (NCCL under batches > 1; a start-up refusal "
@@ -307,6 +308,28 @@ def _plan_cuda(
         spec=_spec_summary(spec, checkpoint, profile, best, batched),
     )
     return with_nodes(plan, best.layout, overrides, reason(best.layout, profile, rejected))
+
+
+THINK_MAX_LEN = 393_216  # DeepSeek-V4's Think Max reasoning needs max_model_len >= this (the facts)
+
+
+def _thinking_notes(profile: Profile, release: Release, max_len: int) -> list[str]:
+    """DeepSeek-V4's reasoning modes against the plan: Think Max's length, 0.28+'s thinking default."""
+    if profile.serve.tokenizer_mode != "deepseek_v4":
+        return []
+    notes = []
+    if max_len < THINK_MAX_LEN:
+        notes.append(
+            f"max_model_len {max_len:,} is below the {THINK_MAX_LEN:,} tokens Think Max reasoning needs: "
+            "a Think Max answer will be truncated"
+        )
+    if release.thinking_by_default:
+        notes.append(
+            f"vLLM {release.version} thinks by default with --tokenizer-mode deepseek_v4: a request that "
+            'wants a plain answer passes chat_template_kwargs {"thinking": false} (up\'s curl line and '
+            "smoke do), or its few tokens may all be reasoning"
+        )
+    return notes
 
 
 def _spec_summary(
