@@ -41,10 +41,12 @@ def _register() -> None:
 
     for module in (profiles, plan, download, serve, service, route):
         module.register(app)
-    from dsv4serve.commands import doctor, export
+    from dsv4serve.commands import bench, doctor, export, probe
 
     doctor.register(app)
     export.register(app)
+    probe.register(app)
+    bench.register(app)
 
 
 _register()

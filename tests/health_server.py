@@ -49,6 +49,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/health":
             self._send(200, b"")
+        elif self.path == "/v1/models":
+            self._send(200, json.dumps({"object": "list", "data": [{"id": "tiny"}]}).encode())
         elif self.path == "/metrics":
             with LOCK:
                 text = (

@@ -103,6 +103,7 @@ def register(app: typer.Typer) -> None:
         from dsv4serve.export.spec import make_deployment
         from dsv4serve.preflight.nodes import NodeOptions, check
         from dsv4serve.preflight.options import ensure_fits, plan_from_options
+        from dsv4serve.serving.health import default_watch
         from dsv4serve.serving.ready import startup_timeout
 
         if fmt not in FORMATS:
@@ -140,6 +141,7 @@ def register(app: typer.Typer) -> None:
             port=port,
             up_options=options,
             startup_timeout_s=startup_timeout(loaded.serve.startup_timeout_s, loaded.model.weights_bytes),
+            stall_s=default_watch(plan).stall_s,
             source=_source(
                 fmt,
                 profile,

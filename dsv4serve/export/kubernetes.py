@@ -31,8 +31,16 @@ PROBE_PERIOD_S = 10
 LWS_API = "leaderworkerset.x-k8s.io/v1"
 
 
+LIVENESS_PERIOD_S = 30
+PROBE_TIMEOUT_S = 20  # `dsv4serve probe --timeout`: one token within this, or the probe fails
+
+
 def _probes(dep: Deployment) -> dict:
     health = {"path": "/health", "port": "http"}
+    # /health stays 200 while an engine spins with no token (vLLM issues 40969, 41834): liveness asks
+    # for a real token, and allows the stall window `up`'s own watch allows before it exits 6.
+    probe = ["dsv4serve", "probe", "--port", str(dep.port), "--model", dep.served_model]
+    probe += ["--timeout", str(PROBE_TIMEOUT_S)]
     return {
         # vLLM answers /health once its engine is up; `up` gives it startup_timeout_s, then exits 5.
         "startupProbe": {
@@ -42,10 +50,10 @@ def _probes(dep: Deployment) -> dict:
         },
         "readinessProbe": {"httpGet": health, "periodSeconds": PROBE_PERIOD_S, "timeoutSeconds": 5},
         "livenessProbe": {
-            "httpGet": health,
-            "periodSeconds": 30,
-            "timeoutSeconds": 10,
-            "failureThreshold": 3,
+            "exec": {"command": probe},
+            "periodSeconds": LIVENESS_PERIOD_S,
+            "timeoutSeconds": PROBE_TIMEOUT_S + 10,
+            "failureThreshold": max(3, math.ceil(dep.stall_s / LIVENESS_PERIOD_S)),
         },
     }
 

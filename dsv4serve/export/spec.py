@@ -46,6 +46,9 @@ class Deployment:
     weights_bytes: int
     downloads: bool  # the weights come from the hub: a download step runs before `up`
     source: str  # the export command line, for the header
+    # The health watch's stall window (serving/health.py): `up` runs with --on-unhealthy stop, so a
+    # stalled server exits 6 and the service manager restarts it; the watchdog and probes allow this long.
+    stall_s: int = 0
 
 
 def make_deployment(
@@ -59,6 +62,7 @@ def make_deployment(
     up_options: Sequence[str],
     startup_timeout_s: float,
     source: str,
+    stall_s: float = 0,
 ) -> Deployment:
     """A Deployment from a fitting plan (pure). Refuses what an export cannot express (exit 2)."""
     if plan.executor == "ray" and len(plan.nodes) > 1:
@@ -87,6 +91,7 @@ def make_deployment(
         weights_bytes=profile.model.weights_bytes,
         downloads=bool(profile.model.repo),
         source=source,
+        stall_s=math.ceil(stall_s),
     )
 
 
@@ -117,6 +122,7 @@ def up_argv(
     if dep.device == "cuda":
         argv += ["--gpus", gpus]
     argv += ["--host", host, "--port", str(dep.port), *dep.up_options]
+    argv += ["--on-unhealthy", "stop"]  # stalled or grown: exit 6, and the service manager restarts it
     if dep.nodes > 1:
         argv += ["--nodes", str(dep.nodes), "--node-rank", rank or "0", "--master-addr", master_addr or ""]
         argv += ["--strategy", dep.strategy]  # pinned: the nodes must agree on the plan

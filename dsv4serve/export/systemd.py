@@ -16,6 +16,7 @@ from dsv4serve.export.spec import (
     up_argv,
 )
 
+WATCHDOG_MARGIN_S = 60  # past the stall window: `up` itself stops a stalled server first (exit 6)
 # Cache locations the unit pins, so the service finds the weights and JIT caches the exporting user has:
 # a unit's environment is not the login shell's.
 PATH_VARS = ("HF_HOME", "HF_HUB_CACHE", *(var for var, _ in CACHE_VARS))
@@ -97,6 +98,10 @@ def render_unit(
         f"# TimeoutStartSec: up's readiness deadline + {START_MARGIN_S} s; up extends it while vLLM"
         " reports progress (EXTEND_TIMEOUT_USEC)",
         f"TimeoutStartSec={dep.startup_timeout_s + START_MARGIN_S}",
+        # Once ready, `up`'s health watch sends WATCHDOG=1 after each check that finds the server
+        # healthy (every few seconds); a stalled server stops them, and so does a hung `up`.
+        f"# WatchdogSec: the health watch's stall window ({dep.stall_s} s) + {WATCHDOG_MARGIN_S} s",
+        f"WatchdogSec={dep.stall_s + WATCHDOG_MARGIN_S}",
         f"TimeoutStopSec={STOP_TIMEOUT_S}",
         "LimitNOFILE=65536",
         "",

@@ -10,6 +10,7 @@ process group, no orphan), plus the line to the other nodes (control.py).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 
@@ -40,6 +41,10 @@ def run_node(
 ) -> int:
     """Run this node's part until the deployment ends; return the exit code (LaunchError: exit 5)."""
     digest, summary = fingerprint(plan)
+    if spec.health is not None and spec.health.policy == "restart":
+        # One node cannot restart alone (the others' collectives wait for it): the head stops (exit 6)
+        # and the deployment with it, for the service manager to start again.
+        spec = dataclasses.replace(spec, health=dataclasses.replace(spec.health, policy="stop"))
     port = master_port + CONTROL_PORT_OFFSET
 
     def say(kind: str, text: str) -> None:
