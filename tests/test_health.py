@@ -351,3 +351,28 @@ def test_a_helper_that_allocates_in_the_group_is_memory_growth(tmp_path):
     finally:
         server.stop()
     assert procs.group_members(server.pgid) == []  # the helper went with the group
+
+
+def test_ps_shows_a_ready_servers_health_and_restarts(run_cli, tmp_path, monkeypatch):
+    from dsv4serve.service import state
+    from tests.test_service_state import record
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    why = "3 requests running and no token for 31 s"
+    state.write(record("sick", state="ready", health="stalled", health_reason=why, restarts=2))
+    state.write(record("fine", state="ready", health="ok"))
+    state.metrics_path("sick").write_text("dsv4serve_health 1\n")
+    result = run_cli("ps")
+    lines = result.stdout.splitlines()
+    sick = next(i for i, line in enumerate(lines) if line.startswith("sick "))
+    assert lines[sick].split()[2] == "stalled"
+    assert lines[sick + 1].strip() == f"{why} (restarts: 2)"
+    assert next(line for line in lines if line.startswith("fine ")).split()[2] == "ready"
+    rows = {r["name"]: r for r in json.loads(run_cli("ps", "--json").stdout)["servers"]}
+    assert (rows["sick"]["state"], rows["sick"]["health"], rows["sick"]["restarts"]) == (
+        "ready",
+        "stalled",
+        2,
+    )
+    state.remove("sick")  # its metrics file goes with the record
+    assert not state.metrics_path("sick").exists()
