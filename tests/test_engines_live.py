@@ -113,12 +113,17 @@ def check_engine(server: Running) -> None:
     assert plain["content"] and not plain.get("reasoning_content")
     thought = chat(server, chat_template_kwargs={"thinking": True})["choices"][0]["message"]
     assert thought.get("reasoning_content")  # random weights never close </think> in 8 tokens
-    tools = chat(server, tools=TOOLS)["choices"][0]
+    tools = chat(server, tools=TOOLS, chat_template_kwargs={"thinking": False})["choices"][0]
     assert tools["message"]["content"] or tools["message"].get("tool_calls")
-    stream = server.post(
-        "/v1/chat/completions",
-        {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "temperature": 0, "stream": True},
-    )["chunks"]
+    body = {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 6,
+        "temperature": 0,
+        "stream": True,
+    }
+    stream = server.post("/v1/chat/completions", {**body, "chat_template_kwargs": {"thinking": False}})[
+        "chunks"
+    ]
     deltas = [json.loads(c[6:]) for c in stream if c.strip() != "data: [DONE]"]
     text = "".join((d["choices"][0]["delta"].get("content") or "") for d in deltas if d.get("choices"))
     assert len(deltas) >= 3 and text
@@ -138,7 +143,7 @@ def test_llama_cpp_serves_tiny_v4_as_gguf(llama_server):
 @needs_llama
 def test_llama_cpp_kv_buffers_are_the_planned_ones(llama_server):
     """The planner's KV figure (planning/llamacpp.kv_bytes) against llama-server's own log lines."""
-    from dsv4serve.planning.llamacpp import kv_bytes
+    from dsv4serve.planning.llamacpp import compute_bytes, kv_bytes
     from dsv4serve.profiles.load import load_profile
 
     log = Path(llama_server.ready["log"]).read_text(errors="replace")
@@ -146,6 +151,8 @@ def test_llama_cpp_kv_buffers_are_the_planned_ones(llama_server):
     ctx = int(re.search(r"n_ctx\s*=\s*(\d+)", log).group(1))
     planned = kv_bytes(load_profile("tiny-v4").model.kv_cache, ctx) / 2**20
     assert mib and abs(sum(mib) - planned) <= 0.01 * len(mib) + 0.001 * planned, (mib, planned)
+    compute = float(re.search(r"CPU compute buffer size =\s*([\d.]+) MiB", log).group(1))
+    assert 0 < compute <= compute_bytes(ctx) / 2**20  # the planner's bound holds
 
 
 @needs_llama

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from dsv4serve.commands.engine_options import EngineOpt, QuantOpt, RamOpt
 from dsv4serve.commands.options import JsonOpt, ProfileArg, ProfileDirOpt
 
 RevisionOpt = Annotated[
@@ -26,8 +27,14 @@ def download(
     directory: DirOpt = None,
     json_out: JsonOpt = False,
     profile_dir: ProfileDirOpt = None,
+    engine: EngineOpt = None,
+    quant: QuantOpt = None,
+    ram: RamOpt = None,
 ) -> None:
-    """Download the profile's weights from the hub: disk check first, progress, resume, verify."""
+    """Download the profile's weights from the hub: disk check first, progress, resume, verify. With
+    llama.cpp (--engine, or the profile's serve.engine): one GGUF quant's files only (--quant, else the
+    largest that fits this machine, or --ram)."""
+    from dsv4serve.preflight.engine_choice import EngineOptions, requested_engine
     from dsv4serve.profiles.load import load_profile
     from dsv4serve.weights.fetch import download_weights
 
@@ -41,7 +48,18 @@ def download(
                 f"--revision {oneline(revision, 60)!r}: not a branch, tag or commit",
                 "e.g. --revision main, v1.0 or a 40-character commit",
             )
-    result = download_weights(prof, revision=revision, local_dir=directory, progress=not json_out)
+    wanted = EngineOptions(engine=engine, quant=quant, ram_gib=ram)
+    if requested_engine(prof, wanted) == "llama.cpp":
+        from dsv4serve.preflight.engine_choice import plan_for_engine
+        from dsv4serve.weights.gguf import fetch_gguf
+
+        _, plan = plan_for_engine(profile, wanted, profile_dirs=profile_dir or ())
+        gguf = plan.engine_plan
+        result = fetch_gguf(
+            prof, gguf.quant, gguf.pattern, revision=revision, local_dir=directory, progress=not json_out
+        )
+    else:
+        result = download_weights(prof, revision=revision, local_dir=directory, progress=not json_out)
     if json_out:
         from dsv4serve.render import print_json
 

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from dsv4serve.commands.engine_options import EngineOpt, QuantOpt, RamOpt, ThinkingOpt, engine_options
 from dsv4serve.commands.options import (
     ApiKeyFileOpt,
     CudaGraphsOpt,
@@ -101,9 +102,14 @@ def register(app: typer.Typer) -> None:
         stall_s: StallOpt = None,
         memory_margin: MemoryMarginOpt = None,
         max_restarts: MaxRestartsOpt = None,
+        engine: EngineOpt = None,
+        quant: QuantOpt = None,
+        ram: RamOpt = None,
+        thinking: ThinkingOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Serve PROFILE with vLLM in the foreground until Ctrl-C (args after -- go to vLLM). Several
+        """Serve PROFILE (vLLM, llama.cpp or Transformers: --engine) in the foreground until Ctrl-C (args
+        after -- go to the engine). Several
         nodes: the same command on each, with --nodes N, its own --node-rank and the head's --master-addr."""
         from dsv4serve.preflight.nodes import NodeOptions, check
         from dsv4serve.render import console, print_json
@@ -146,6 +152,7 @@ def register(app: typer.Typer) -> None:
             warmup=warmup,
             traffic_warmup=traffic_warmup,
             node_options=node_options,
+            engine_options=engine_options(engine, quant, ram, thinking),
             spec=spec,
             spec_tokens=spec_tokens,
         )
@@ -214,6 +221,10 @@ def register(app: typer.Typer) -> None:
         profile_dir: ProfileDirOpt = None,
         api_key_file: ApiKeyFileOpt = None,
         verbose: VerboseOpt = False,
+        engine: EngineOpt = None,
+        quant: QuantOpt = None,
+        ram: RamOpt = None,
+        thinking: ThinkingOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Start PROFILE, send one chat completion through the openai client, stop: CI's check."""
@@ -237,6 +248,7 @@ def register(app: typer.Typer) -> None:
             progress=not as_json,
             warmup=warmup,
             traffic_warmup=traffic_warmup,
+            engine_options=engine_options(engine, quant, ram, thinking),
         )
         try:
             spec = keys.with_key(spec, api_key)
@@ -247,7 +259,10 @@ def register(app: typer.Typer) -> None:
                     "ready_s": round(server.ready_s, 2),
                     "phases": server.phase_times,
                 }
-                result.update(chat_once(server.base_url, spec.served_model_name, api_key=api_key))
+                result["engine"] = spec.engine
+                result.update(
+                    chat_once(server.base_url, spec.served_model_name, api_key=api_key, engine=spec.engine)
+                )
                 if spec.engine == "vllm" and deepseek_v4_chat(spec.argv):  # plain, thinking, tools apart
                     result["checks"] = as_dicts(run_checks(server.base_url, spec.served_model_name, api_key))
         except procs.Stopped as stop:
@@ -256,14 +271,14 @@ def register(app: typer.Typer) -> None:
         busy = procs.port_in_use(spec.host, spec.port)
         if left or busy:
             raise LaunchError(f"vLLM did not stop cleanly: processes left {left}, {busy or 'port free'}")
-        if not result["reply"].strip():
+        if not (result["reply"] + result["reasoning"]).strip():  # thinking on: the reply may be all thought
             raise LaunchError("the chat completion returned an empty reply", f"read the log: {spec.log_path}")
         result.update(stopped_cleanly=True, pid=server.pgid, log=str(spec.log_path))
         if as_json:
             print_json(result)
             return
         out = console()
-        out.print(f"smoke {profile}: ok", markup=False)
+        out.print(f"smoke {profile}: ok ({spec.engine})", markup=False)
         out.print(f"  time to ready      {result['ready_s']:.1f} s", markup=False)
         out.print(f"  time to 1st token  {result['ttft_s']:.3f} s", markup=False)
         tps = result["tokens_per_s"]

@@ -36,13 +36,19 @@ DENSE_BITS_RATIO = 8.5 / 8  # the non-expert tensors at ~Q8_0, from an FP8 check
 RAM_KEEP_FRACTION = 0.10
 RAM_KEEP_MIN = 2 * GiB
 GPU_UTILIZATION = 0.95  # of what CUDA can use: llama.cpp has no allocator headroom knob like vLLM's
-# Measured on the 2-core CPU machine, tiny-v4 as GGUF (tests/test_llamacpp_live.py checks the KV
-# figures against llama-server's own log): what the process holds besides weights and KV.
+# What the process holds besides weights, KV and compute buffers (tests/test_engines_live.py checks
+# the KV figures against llama-server's own log, and the compute bound).
 RUNTIME_BYTES = 256 * MiB
-# Compute buffers (activations of one n_ubatch batch): llama.cpp sizes them from the graph; this is a
-# bound that grows with the context (the indexer scores ctx/4 entries per token of the batch).
+# llama-server keeps up to 32 context checkpoints per slot in RAM (the sliding-window KV and compressor
+# states of a point in the conversation): at most the context-independent part of the cache, each.
+CHECKPOINTS = 32
+# Compute buffers (activations of one n_ubatch batch): llama.cpp sizes them from the graph. A bound that
+# grows with the context (the indexer scores ctx/4 entries per token of the batch). Measured with
+# tiny-v4 (llama-server 0.5.0, CPU, -lv 4 "compute buffer size"): 79.6 MiB at -c 4096, 141.8 MiB at
+# 65,536, 384.1 MiB at 262,144, i.e. ~75 MiB + 1,292 B/token; the base here leaves room for a real
+# vocabulary's logits (Flash: 512 x 129,280 x 4 B = 252 MiB).
 COMPUTE_BASE_BYTES = 512 * MiB
-COMPUTE_PER_TOKEN_BYTES = 2 * 1024  # x context
+COMPUTE_PER_TOKEN_BYTES = 1536  # x context
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,24 @@ def kv_bytes(kv_cache, context: int) -> int:
         elif ratio == HCA:
             total += hca_cells * d * F16 + 2 * d * HCA * F32
     return total
+
+
+def checkpoint_bytes(kv_cache) -> int:
+    """One context checkpoint at most: every layer's sliding-window K and the compressor states."""
+    d, i, window = kv_cache.head_dim, kv_cache.index_head_dim, kv_cache.sliding_window
+    total = 0
+    for ratio in kv_cache.compress_ratios:
+        total += _pad(window + N_UBATCH) * d * F16
+        if ratio == CSA:
+            total += 2 * (2 * d) * (2 * CSA) * F32 + 2 * (2 * i) * (2 * CSA) * F32
+        elif ratio == HCA:
+            total += 2 * d * HCA * F32
+    return total
+
+
+def host_overhead(profile) -> int:
+    """RAM the server holds besides weights, KV and compute buffers: the process, its checkpoints."""
+    return RUNTIME_BYTES + CHECKPOINTS * checkpoint_bytes(profile.model.kv_cache)
 
 
 def _pad(cells: int) -> int:
@@ -109,7 +133,7 @@ def _place(profile, weights: int, context: int, room: Room) -> _Fit:
     per_layer_dense, per_layer_experts = dense / layers, experts / layers
     vram = sum(room.gpus)
     if not room.gpus:
-        ram = weights + kv + compute + RUNTIME_BYTES
+        ram = weights + kv + compute + host_overhead(profile)
         return _ram_fit(room, context, 0, layers, kv, compute, 0, (), ram)
     gpu_compute = compute * len(room.gpus)
     # every layer on the GPUs: dense + KV + compute there, then as many layers' experts as fit
@@ -118,7 +142,7 @@ def _place(profile, weights: int, context: int, room: Room) -> _Fit:
         on_gpu = min(layers, int((vram - base) // per_layer_experts)) if per_layer_experts else layers
         cpu_moe = layers - on_gpu
         gpu_weights = dense + int(per_layer_experts * on_gpu)
-        ram = weights - gpu_weights + compute + RUNTIME_BYTES
+        ram = weights - gpu_weights + compute + host_overhead(profile)
         need = _spread(gpu_weights + kv, compute, room.gpus)
         return _ram_fit(room, context, layers + 1, cpu_moe, kv, compute, gpu_weights, need, ram)
     # not even the dense part of every layer: the last N layers only, experts all in RAM
@@ -126,7 +150,7 @@ def _place(profile, weights: int, context: int, room: Room) -> _Fit:
     n = max(0, min(layers, int((vram - gpu_compute) // per_layer))) if vram > gpu_compute else 0
     gpu_weights = int(per_layer_dense * n)
     gpu_kv = int(kv * n / layers)
-    ram = weights - gpu_weights + (kv - gpu_kv) + compute + RUNTIME_BYTES
+    ram = weights - gpu_weights + (kv - gpu_kv) + compute + host_overhead(profile)
     need = _spread(gpu_weights + gpu_kv, compute, room.gpus) if n else ()
     return _ram_fit(room, context, n, layers, kv, compute, gpu_weights, need, ram)
 
@@ -140,7 +164,8 @@ def _spread(total: int, compute: int, budgets: tuple[int, ...]) -> tuple[int, ..
 def _ram_fit(room, context, ngl, cpu_moe, kv, compute, gpu_weights, need, ram) -> _Fit:
     problem = ""
     if room.ram and ram > room.ram:
-        problem = f"needs {gib(ram)} of RAM beside the GPUs; the budget is {gib(room.ram)}"
+        beside = " beside the GPUs" if room.gpus else ""
+        problem = f"needs {gib(ram)} of RAM{beside}; the budget is {gib(room.ram)}"
     elif any(n > b for n, b in zip(need, room.gpus, strict=False)):
         problem = "the GPUs cannot hold their share"
     return _Fit(not problem, context, ngl, cpu_moe, kv, compute, gpu_weights, need, ram, problem)
@@ -263,7 +288,9 @@ def _plan(profile, ask: _Ask, room: Room, quant, fit: _Fit, weighed) -> Plan:
         if gpus
         else "CPU only: every weight in RAM (-ngl 0)"
     )
-    threads = host_cpus or 0
+    # Half the CPUs (the physical cores behind SMT): ggml's threads spin while they wait, and on a
+    # busy 2-core machine 2 threads decoded tiny-v4 at 0.6 tokens/s where 1 thread gave 117.
+    threads = max(1, host_cpus // 2) if host_cpus else 0
     alias = profile.serve.served_model_name or profile.name
     args = llama_args(
         model_file,
@@ -297,7 +324,7 @@ def _plan(profile, ask: _Ask, room: Room, quant, fit: _Fit, weighed) -> Plan:
             "host RAM",
             size - fit.gpu_weights,
             ram_kv,
-            fit.compute + RUNTIME_BYTES,
+            fit.compute + host_overhead(profile),
             fit.ram_need,
             room.ram,
             0,

@@ -64,6 +64,7 @@ def plan_members(
     """Plan every member on the GPUs it will get, before anything is downloaded or started: [(member,
     profile, plan)]. A member that does not fit, or GPUs shared without room for both, stop it here;
     show(member, plan) sees each plan first (--dry-run prints it)."""
+    from dsv4serve.preflight.engine_choice import EngineOptions, plan_for_engine, requested_engine
     from dsv4serve.preflight.options import plan_from_options, resolve_inventory
     from dsv4serve.profiles.load import load_profile
 
@@ -71,19 +72,17 @@ def plan_members(
     for m in members:
         try:
             gpus = m.gpus
-            if gpus is None:
-                profile = load_profile(m.profile, profile_dirs=tuple(profile_dirs))
-                inventory, _ = resolve_inventory(profile, hardware)
-                gpus = default_gpus(profile, inventory.gpus, taken)
-            if gpus == "":
-                raise HardwareError(
-                    f"no GPU is left: {_others(planned)} takes every visible GPU",
-                    f"run {m.name} elsewhere and pass its URL (--{m.name} http://HOST:PORT), "
-                    f"or split them yourself with --flash-gpus and --pro-gpus",
+            profile = load_profile(m.profile, profile_dirs=tuple(profile_dirs))
+            if requested_engine(profile, EngineOptions()) in ("llama.cpp", "transformers"):
+                # a GGUF (or Transformers) profile: its engine plans its own memory, RAM included
+                profile, plan = plan_for_engine(
+                    m.profile, profile_dirs=profile_dirs, gpus=gpus, hardware=hardware, port=m.port
                 )
-            profile, plan = plan_from_options(
-                m.profile, profile_dirs=profile_dirs, gpus=gpus, hardware=hardware, port=m.port
-            )
+            else:
+                if gpus is None:
+                    inventory, _ = resolve_inventory(profile, hardware)
+                    gpus = default_gpus(profile, inventory.gpus, taken)
+                profile, plan = _plan_vllm(m, gpus, planned, profile_dirs, hardware, plan_from_options)
         except DsvError as err:  # the same error and exit code, saying which member it is about
             err.message = f"{m.name} ({m.profile}): {err.message}"
             raise
@@ -95,6 +94,16 @@ def plan_members(
         taken |= {g.index for g in plan.gpus}
     _check_shared(planned)
     return planned
+
+
+def _plan_vllm(m: Member, gpus, planned, profile_dirs, hardware, plan_from_options):
+    if gpus == "":
+        raise HardwareError(
+            f"no GPU is left: {_others(planned)} takes every visible GPU",
+            f"run {m.name} elsewhere and pass its URL (--{m.name} http://HOST:PORT), "
+            f"or split them yourself with --flash-gpus and --pro-gpus",
+        )
+    return plan_from_options(m.profile, profile_dirs=profile_dirs, gpus=gpus, hardware=hardware, port=m.port)
 
 
 def share_a_gpu(planned) -> bool:

@@ -55,6 +55,12 @@ class Server:
         self._progress_at = float("-inf")  # monotonic time of vLLM's last progress report
 
     @property
+    def who(self) -> str:
+        """The server as messages name it: vLLM, llama-server, transformers serve."""
+        names = {"llama.cpp": "llama-server", "transformers": "transformers serve"}
+        return names.get(self._engine.name, "vLLM")
+
+    @property
     def base_url(self) -> str:
         host = procs.connect_host(self.spec.host)
         return f"http://[{host}]:{self.spec.port}" if ":" in host else f"http://{host}:{self.spec.port}"
@@ -121,7 +127,8 @@ class Server:
                 preexec_fn=procs.unblock_stop_signals,  # noqa: PLW1509 - only sigprocmask
             )
         self._emit(
-            "started", f"vLLM started: pid {self.pgid} (process group {self.pgid}), TMPDIR {self.tmpdir}"
+            "started",
+            f"{self.who} started: pid {self.pgid} (process group {self.pgid}), TMPDIR {self.tmpdir}",
         )
 
     def wait_ready(self, watch: Watch | None = None) -> float:
@@ -140,7 +147,7 @@ class Server:
             extension.update(now, self._progress_at)
             if launch_ready.past_deadline(now, deadline, self._progress_at):
                 raise LaunchError(
-                    f"vLLM did not become ready within {self.spec.startup_timeout_s:.0f} s "
+                    f"{self.who} did not become ready within {self.spec.startup_timeout_s:.0f} s "
                     f"(last phase: {self.phase}); its last log lines:\n{self._tail_text()}",
                     "raise the deadline with --timeout SECONDS (or serve.startup_timeout_s in the profile)"
                     + self._log_hint(),
@@ -221,7 +228,7 @@ class Server:
             self._cleanup_files()
             return None
         if self.proc.poll() is None or procs.group_members(self.pgid):
-            self._emit("stopping", f"stopping vLLM (process group {self.pgid})")
+            self._emit("stopping", f"stopping {self.who} (process group {self.pgid})")
             procs.signal_group(self.pgid, signal.SIGKILL if kill else signal.SIGTERM)
             # vLLM defers SIGTERM until its engine is up (seen: still loading 15 s later), and before
             # ready there are no requests to finish: a short grace, then SIGKILL.
@@ -232,7 +239,7 @@ class Server:
                 time.sleep(0.05)
             if procs.group_members(self.pgid):
                 if not kill:
-                    self._emit("warning", f"vLLM did not stop within {grace:.0f} s of SIGTERM: SIGKILL")
+                    self._emit("warning", f"{self.who} did not stop within {grace:.0f} s of SIGTERM: SIGKILL")
                 procs.signal_group(self.pgid, signal.SIGKILL)
                 procs.wait_group_gone(self.pgid, 5.0)
         code = self.proc.wait()
@@ -245,7 +252,7 @@ class Server:
             self._watchdog.wait()
         self._cleanup_files()
         self._check_gpu_memory()
-        self._emit("stopped", f"vLLM exited with code {code}")
+        self._emit("stopped", f"{self.who} exited with code {code}")
         return code
 
     # -- internals ---------------------------------------------------------------------------------
@@ -292,7 +299,7 @@ class Server:
         tail = self._tail_text()
         hint = self._engine.exit_hint(tail)
         return LaunchError(
-            f"vLLM exited with code {code} during startup (after {self.elapsed():.1f} s, "
+            f"{self.who} exited with code {code} during startup (after {self.elapsed():.1f} s, "
             f"phase: {self.phase}); its last {TAIL_LINES} log lines:\n{tail}",
             hint + self._log_hint(),
         )

@@ -17,11 +17,11 @@ from typing import Any
 from dsv4serve.engines.names import PROGRAMS
 from dsv4serve.engines.startup import decided_problem, first_hint, phase_reader, refuse_decided
 
-PHASES = (
-    ("loading weights", re.compile(r"llama_model_loader: |load_model: loading model|load_tensors:")),
+PHASES = (  # llama-server 0.5's lines at -lv 4
+    ("loading weights", re.compile(r"load_model: loading model|llama_model_loader: |load_tensors:")),
     ("KV cache allocation", re.compile(r"llama_context: |llama_kv_cache|creating DSV4")),
-    ("kernel warmup", re.compile(r"warming up the model|common_init_from_params: warming")),
-    ("API server", re.compile(r"server is listening on|main: model loaded|all slots are idle")),
+    ("kernel warmup", re.compile(r"sched_reserve:|warming up the model")),
+    ("API server", re.compile(r"llama_server: listening on|llama_server: model loaded")),
 )
 HINTS = (
     (
@@ -78,6 +78,9 @@ def llama_args(
     if cpu_moe_layers:
         args += ["--n-cpu-moe", str(cpu_moe_layers)]
     args += ["-np", "1", "-ctk", "f16", "-ctv", "f16", "--jinja", "--reasoning-format", "deepseek"]
+    # No prompt cache in RAM (its default may take 8 GiB the plan did not give it); the model loader's
+    # and the KV cache's own lines in the log (-lv 4: the phases, and the buffers the plan predicts).
+    args += ["--cache-ram", "0", "-lv", "4"]
     if thinking is not None:
         args += ["--reasoning", "on" if thinking else "off"]
     if threads:

@@ -76,14 +76,18 @@ def _filler():
 
 
 def tokenizer_json(vocab_size: int) -> dict:
-    """tokenizer.json: byte-level BPE without merges (any text round-trips), exactly vocab_size ids."""
+    """tokenizer.json: byte-level BPE (any text round-trips), exactly vocab_size ids; the two-letter
+    words merge from their letters, so the merges llama.cpp's loader needs are there."""
     n_model = vocab_size - len(ADDED_TOKENS)
     if n_model < 256:
         raise ValueError(f"vocab_size {vocab_size} leaves no room for the 256 byte tokens")
     base = byte_level_tokenizer()  # tiny's: byte-level pre-tokenizer and decoder, BPE without merges
     vocab = dict(base["model"]["vocab"])  # the 256 bytes
+    merges = []
     for i, word in zip(range(256, n_model), _filler(), strict=False):
         vocab[word] = i
+        if len(word) == 2:  # "ab" = "a" + "b": merges llama.cpp's BPE loader requires (none: it refuses)
+            merges.append(f"{word[0]} {word[1]}")
     bos = {"SpecialToken": {"id": BOS, "type_id": 0}}
     return {
         **base,
@@ -100,7 +104,7 @@ def tokenizer_json(vocab_size: int) -> dict:
             ],
             "special_tokens": {BOS: {"id": BOS, "ids": [token_id(vocab_size, BOS)], "tokens": [BOS]}},
         },
-        "model": {**base["model"], "vocab": vocab},
+        "model": {**base["model"], "vocab": vocab, "merges": merges},
     }
 
 

@@ -19,7 +19,7 @@ from dsv4serve.errors import DownloadError, UsageError
 from dsv4serve.weights.v4ckpt import layout, tokenizer
 from dsv4serve.weights.v4ckpt.spec import V4Spec, get_spec, model_config
 
-GENERATOR_VERSION = 2  # bump when the bytes written for a given spec change (2: chat and response templates)
+GENERATOR_VERSION = 3  # bump when the bytes written for a given spec change (2: templates, 3: merges)
 MARKER = "dsv4serve-v4.json"  # written last: its presence means the directory is complete
 
 
