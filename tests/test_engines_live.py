@@ -187,3 +187,33 @@ def test_smoke_tiny_v4_on_a_cpu_picks_an_engine(dsv4serve_cmd):
     assert result["engine"] == ("llama.cpp" if LLAMA_SERVER else "transformers")
     assert (result["reply"] + result["reasoning"]).strip() and result["stopped_cleanly"] is True
     assert_all_gone(result["pid"], port=port)
+
+
+@needs_llama
+@pytest.mark.timeout(600)
+def test_llama_cpp_detached_with_a_key_ps_logs_stop(dsv4serve_cmd, tmp_path, monkeypatch):
+    """`up -d` / `ps` / `logs` / `stop` through llama-server; its key reaches it in LLAMA_API_KEY only."""
+    from dsv4serve.service import state
+    from tests.test_service_live import KEY, assert_nothing_left, cli, cmdlines, status
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("DSV4SERVE_LLAMA_SERVER", LLAMA_SERVER)
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    port = free_port()
+    argv = ["up", "tiny-v4", "--engine", "llama.cpp", "-d", "--name", "gguf", "--port", str(port)]
+    up = cli(dsv4serve_cmd, *argv, "--api-key-file", str(key_file), timeout=500)
+    assert up.returncode == 0, up.stderr
+    rec = state.read("gguf")
+    try:
+        assert rec is not None and rec.state == "ready"
+        assert status(port, "/v1/models") == 401 and status(port, "/v1/models", KEY) == 200
+        rows = json.loads(cli(dsv4serve_cmd, "ps", "--json").stdout)["servers"]
+        assert [(r["name"], r["state"]) for r in rows] == [("gguf", "ready")]
+        logs = cli(dsv4serve_cmd, "logs", "gguf", "--tail", "3")
+        assert logs.returncode == 0 and len(logs.stdout.splitlines()) == 3
+        assert KEY not in cmdlines() + Path(rec.log).read_text() + up.stdout + up.stderr
+    finally:
+        stop = cli(dsv4serve_cmd, "stop", "gguf", timeout=120)
+    assert stop.returncode == 0, stop.stderr
+    assert_nothing_left(rec)
