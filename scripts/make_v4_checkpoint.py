@@ -1,6 +1,6 @@
 """Write a random-weight DeepSeek-V4 checkpoint (DeepseekV4ForCausalLM, FP8 + MXFP4 layout).
 
-    python scripts/make_v4_checkpoint.py --shape tiny-v4 OUT_DIR            # 49.8 MiB, 5 shards, ~1 s
+    python scripts/make_v4_checkpoint.py --shape tiny-v4 OUT_DIR            # 67.7 MiB, 6 shards (MTP), ~1 s
     python scripts/make_v4_checkpoint.py --shape flash /dev/shm/flash --jobs 46   # 148.7 GiB, 46 shards
     python scripts/make_v4_checkpoint.py --shape flash --layers 12 /data/flash-12l  # 45.3 GiB, one H200
     python scripts/make_v4_checkpoint.py --shape pro --layers 2 /data/pro-2l        # 42.3 GiB

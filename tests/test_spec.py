@@ -77,7 +77,7 @@ def test_dspark_on_the_official_release_uses_its_block_size():
         ("flash", "mtp", None, ["carries a dspark draft", "--spec dspark"]),
         ("flash-preview", "dspark", None, ["carries a mtp draft", "--spec mtp"]),
         ("pro", "dspark", None, ["dspark_block_size", "--spec-tokens K"]),
-        ("tiny-v4", "mtp", None, ["carries no speculative-decoding draft"]),
+        ("tiny", "mtp", None, ["carries no speculative-decoding draft"]),
         ("flash", "eagle", None, ["unknown method"]),
         ("flash", "dspark", 0, ["1 to 32"]),
         ("flash", "dspark", 33, ["1 to 32"]),

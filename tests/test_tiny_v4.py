@@ -50,10 +50,19 @@ def test_tiny_v4_matches_the_profile_facts(tiny_v4):
     model, cfg = profile.model, json.loads((tiny_v4 / "config.json").read_text())
     shards = sorted(tiny_v4.glob("*.safetensors"))
     assert sum(p.stat().st_size for p in shards) == model.weights_bytes
+    parts = layout.parts(spec.TINY_V4)
     routed = [
-        t for g in layout.parts(spec.TINY_V4).values() for t in g if re.search(r"\.experts\.\d+\.", t.name)
+        t
+        for part, g in parts.items()
+        for t in g
+        if re.search(r"\.experts\.\d+\.", t.name) and not part.startswith("mtp.")
     ]
     assert sum(t.nbytes for t in routed) == model.expert_weights_bytes  # not flash's, inherited
+    # the MTP head: its own last shard, the profile's draft (counted only with --spec mtp)
+    assert [name for name in parts if name.startswith("mtp.")] == ["mtp.0"]
+    assert shards[-1].stat().st_size == model.draft.weights_bytes and model.shards == len(shards) == 6
+    assert (model.draft.method, model.draft.layers) == ("mtp", 1) and cfg["num_nextn_predict_layers"] == 1
+    assert cfg["compress_ratios"] == [0, 4, 128, 0]
     assert layout.param_counts(spec.TINY_V4) == (model.total_params, model.active_params)
     assert (cfg["num_hidden_layers"], cfg["num_attention_heads"]) == (model.layers, model.attention_heads)
     assert cfg["max_position_embeddings"] == model.max_context
@@ -95,8 +104,8 @@ def test_same_spec_same_bytes_whatever_the_job_count(tiny_v4, tmp_path):
     assert _digest(again) == _digest(tiny_v4)
     other = v4ckpt.make(dataclasses.replace(spec.TINY_V4, seed=1), tmp_path / "seed1").path
     assert (
-        _digest(other)["model-00003-of-00005.safetensors"]
-        != _digest(tiny_v4)["model-00003-of-00005.safetensors"]
+        _digest(other)["model-00003-of-00006.safetensors"]
+        != _digest(tiny_v4)["model-00003-of-00006.safetensors"]
     )
     assert _digest(other)["config.json"] == _digest(tiny_v4)["config.json"]
 
@@ -136,7 +145,8 @@ def test_safetensors_are_well_formed_and_quantized_like_flash(tiny_v4):
             seen[name] = (entry["dtype"], tuple(entry["shape"]))
         assert path.stat().st_size == 8 + n + end
         total += end
-    assert index["metadata"]["total_size"] == total and len(index["weight_map"]) == len(seen) == 180
+    # 243 tensors: the 3 layers' 180 and the MTP layer's 63
+    assert index["metadata"]["total_size"] == total and len(index["weight_map"]) == len(seen) == 243
     for name, (dtype, shape) in seen.items():
         if not name.endswith(".weight") or (name[:-7] + ".scale") not in seen:
             continue
@@ -230,9 +240,9 @@ def test_fetch_weights_generates_tiny_v4_once():
     profile = load_profile("tiny-v4")
     path = fetch_weights(profile, progress=False)
     assert path == generated.checkpoint_dir("tiny-v4") and missing_files(path) == []
-    stamp = (path / "model-00001-of-00005.safetensors").stat().st_mtime_ns
+    stamp = (path / "model-00001-of-00006.safetensors").stat().st_mtime_ns
     assert fetch_weights(profile, progress=False) == path
-    assert (path / "model-00001-of-00005.safetensors").stat().st_mtime_ns == stamp
+    assert (path / "model-00001-of-00006.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_plan_with_declared_gpus_gives_flash_s_v4_flags(run_cli):

@@ -47,7 +47,9 @@ def test_tiny_v4_loads_into_vllm_s_v4_model_and_tokenizes_like_v4(tiny_v4, tmp_p
     report = _check(tmp_path, str(tiny_v4), "--mutations")
     assert report["model_class"].startswith("vllm.models.deepseek_v4."), report["model_class"]
     assert report["problems"] == []
-    assert report["params"] > 70 and report["tensors"] == 180 and report["dropped_by_mapper"] == 0
+    # 243 tensors, of which the MTP layer's (mtp.0.*, not its scales) vLLM drops without a speculative config
+    mtp = [t for t in layout.parts(spec.TINY_V4)["mtp.0"] if not t.name.endswith(".scale")]
+    assert report["params"] > 70 and report["tensors"] == 243 and report["dropped_by_mapper"] == len(mtp)
     # The check can fail: each known breakage alone is reported.
     assert report["mutations"] and all(n > 0 for n in report["mutations"].values()), report["mutations"]
     tok = report["tokenizer"]
@@ -76,7 +78,7 @@ def test_tiny_v4_values_are_finite_and_scaled(tiny_v4):
     import torch
     from safetensors.torch import load_file
 
-    t = load_file(str(tiny_v4 / "model-00003-of-00005.safetensors"))  # layer 1: CSA, indexer, experts
+    t = load_file(str(tiny_v4 / "model-00003-of-00006.safetensors"))  # layer 1: CSA, indexer, experts
     for name, value in t.items():
         if value.dtype != torch.float8_e8m0fnu:
             assert torch.isfinite(value.float()).all(), name
@@ -85,6 +87,6 @@ def test_tiny_v4_values_are_finite_and_scaled(tiny_v4):
     assert abs(effective - 1 / math.sqrt(256)) < 0.2 / math.sqrt(256)  # ~1/sqrt(fan_in)
     ids = t["layers.1.ffn.gate.bias"]
     assert ids.dtype == torch.float32 and ids.shape == (4,)
-    route = load_file(str(tiny_v4 / "model-00002-of-00005.safetensors"))["layers.0.ffn.gate.tid2eid"]
+    route = load_file(str(tiny_v4 / "model-00002-of-00006.safetensors"))["layers.0.ffn.gate.tid2eid"]
     assert route.dtype == torch.int64 and int(route.min()) >= 0 and int(route.max()) < 4
     assert all(len(set(row.tolist())) == 2 for row in route)  # top-2 distinct experts per token id

@@ -106,14 +106,18 @@ def _kv_lines(plan) -> list[str]:
         )
     spec = getattr(plan, "spec", None)
     if spec is not None and spec.method != "off":
+
+        def size(n: int) -> str:  # a tiny draft in MiB
+            return gib(n, 2) if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
         weights = (
-            f"{gib(spec.draft_weights_per_gpu, 2)} of weights"
+            f"{size(spec.draft_weights_per_gpu)} of weights"
             if spec.draft_weights_bytes
             else "weights whose size is not known offline (counted in the checkpoint's)"
         )
         layers = f"{spec.draft_layers} layer{'s' if spec.draft_layers > 1 else ''}"
         kv = (
-            f"{gib(spec.draft_kv_bytes, 2)} of KV start-up need per GPU (its SWA-only layers)"
+            f"{size(spec.draft_kv_bytes)} of KV start-up need per GPU (its SWA-only layers)"
             if spec.draft_kv_bytes
             else "no KV start-up need (its SWA-only layers fill room the cache's groups already have)"
         )

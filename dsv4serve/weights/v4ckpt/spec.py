@@ -64,7 +64,8 @@ TINY_V4 = V4Spec(
     name="tiny-v4",
     hidden_size=2048,  # mhc_fused_tilelang decode split-K needs hidden/8 % 256 == 0
     num_hidden_layers=3,
-    compress_ratios=(0, 4, 128),  # one layer of each attention kind: SWA, CSA, HCA
+    # one layer of each attention kind (SWA, CSA, HCA), then the MTP layer's 0 (as Flash's config)
+    compress_ratios=(0, 4, 128, 0),
     num_attention_heads=4,  # FlashMLA pads to 64 q-heads; 4 splits over TP 2
     q_lora_rank=256,
     o_lora_rank=256,
@@ -74,6 +75,7 @@ TINY_V4 = V4Spec(
     moe_intermediate_size=256,  # 128 per rank at TP 2: whole FP8 / Marlin MXFP4 blocks
     num_hash_layers=1,  # layer 0 routes by token id (tid2eid), the others by score (noaux_tc)
     vocab_size=512,  # == the generated tokenizer's size, so every sampled id decodes
+    num_nextn_predict_layers=1,  # an MTP head like Flash's: --spec mtp serves it (mtp.0.* in its own shard)
     tp_sizes=(1, 2),
 )
 
