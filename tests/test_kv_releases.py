@@ -205,3 +205,21 @@ def test_without_vllm_the_newest_is_planned_and_said(monkeypatch):
     assert options.release_overrides(None) == {"vllm_version": "none", "vllm_version_source": ""}
     plan = make_plan(load_profile("flash"), parse_hardware("2xH200").gpus, Overrides(vllm_version="none"))
     assert plan.vllm_release == "0.33" and "no vLLM installed here" in plan.notes[0]
+
+
+@pytest.mark.parametrize(
+    ("version", "extra", "said"),
+    [
+        ("0.26", ["--attention_config.use_fp4_indexer_cache=True"], "vLLM 0.26 takes it"),
+        ("0.29", ["--attention-config.use-fp4-indexer-cache", "true"], "deprecated alias"),
+        ("0.30", ["--attention_config.use_fp4_indexer_cache=True"], "vLLM 0.30 rejects it"),
+        ("0.27", ["--attention-config", '{"indexer_kv_dtype": "mxfp4"}'], "0.27 has no indexer_kv_dtype"),
+        ("0.33", ["--attention_config.indexer_kv_dtype=mxfp4"], "vLLM 0.33 takes it"),
+    ],
+)
+def test_the_blackwell_indexer_flag_is_refused_saying_what_the_release_does(run_cli, version, extra, said):
+    res = run_cli("plan", "flash", "--hardware", "4xB200", "--vllm-version", version, "--", *extra)
+    assert res.exit_code == 2 and "changes DeepSeek-V4's KV layout (68 B indexer entries)" in res.stderr
+    assert said in res.stderr
+    other = run_cli("plan", "flash", "--hardware", "4xB200", "--", "--attention-config.backend", "FLASHMLA")
+    assert other.exit_code == 0  # another attention option is vLLM's own

@@ -275,6 +275,48 @@ def speculative_config(raw: str, overrides) -> tuple[str, int | None]:
     return method, tokens
 
 
+_INDEXER_KEYS = ("use_fp4_indexer_cache", "indexer_kv_dtype")
+
+
+def indexer_problem(args: tuple[str, ...], vllm_version: str = "") -> str | None:
+    """The Blackwell FP4 indexer cache among the args, per vLLM release: a problem, or None.
+
+    --attention_config.use_fp4_indexer_cache=True works in 0.26-0.27, is a deprecated alias in
+    0.28-0.29 and is rejected from 0.30 (--attention_config.indexer_kv_dtype=mxfp4 instead). Either one
+    stores 68 B indexer entries instead of 132 (Flash: 917,568 B per block on 0.27+), a layout the
+    planner does not model yet, so both are refused; the message says what the release would do."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return None
+        name = arg.partition("=")[0].replace("-", "_")
+        if not name.startswith("__attention_config"):
+            continue
+        # --attention-config.KEY[=V], or --attention-config[=]JSON (the JSON may be the next arg)
+        text = arg if "=" in arg or "." in name else " ".join(args[i : i + 2])
+        key = next((k for k in _INDEXER_KEYS if k in text.replace("-", "_")), None)
+        if key is None:
+            continue
+        from dsv4serve.engines.vllm.releases import DEFAULT, release_for
+
+        release = release_for(vllm_version)[0] if vllm_version and vllm_version != "none" else DEFAULT
+        said = {
+            "ok": f"vLLM {release.version} takes it",
+            "deprecated": f"vLLM {release.version} takes it as a deprecated alias of indexer_kv_dtype=mxfp4",
+            "rejected": f"vLLM {release.version} rejects it: the option there is indexer_kv_dtype=mxfp4",
+        }[release.fp4_indexer_flag]
+        if key == "indexer_kv_dtype":
+            said = (
+                f"vLLM {release.version} has no indexer_kv_dtype (0.28+)"
+                if release.fp4_indexer_flag == "ok"
+                else f"vLLM {release.version} takes it"
+            )
+        return (
+            f"{oneline(arg, 60)}: the FP4 indexer cache (Blackwell) changes DeepSeek-V4's KV layout (68 B "
+            f"indexer entries), which the plan does not model yet ({said})"
+        )
+    return None
+
+
 def settle_overrides(profile, overrides):
     """Check the command line's overrides, and fold the planned flags among the args after `--` into
     them (and into the profile's serve settings): returns (profile, overrides) for make_plan."""
@@ -290,6 +332,11 @@ def settle_overrides(profile, overrides):
         )
     check_host(overrides.host)
     args = tuple(overrides.extra_args)
+    indexer = indexer_problem(args, getattr(overrides, "vllm_version", ""))
+    if indexer:
+        raise UsageError(
+            indexer, "serve without it (the fp8 indexer cache), or plan it yourself and run vllm serve"
+        )
     keep = list(args)
     changes: dict[str, object] = {}
     serve_changes: dict[str, object] = {}
