@@ -262,3 +262,14 @@ def test_bad_engine_fields_name_the_file_line_and_field(tmp_path, run_cli, yaml,
     path.write_text(f"name: bad\nextends: flash\n{yaml}\n")
     result = run_cli("profiles", "validate", str(path))
     assert result.exit_code == EXIT_USAGE and field in result.stdout + result.stderr
+
+
+def test_doctor_checks_a_gguf_profiles_llama_server(run_cli, monkeypatch, tmp_path):
+    """No llama-server: the engine row fails with up's exit 5 and the build step; no GPU is not a fail."""
+    monkeypatch.setenv("DSV4SERVE_LLAMA_SERVER", str(tmp_path / "missing"))
+    result = run_cli("doctor", "flash-gguf", "--json")
+    data = json.loads(result.stdout)
+    rows = {c["name"]: c for c in data["checks"]}
+    assert result.exit_code == 5 and rows["llama.cpp"]["status"] == "fail"
+    assert "make llama-server" in rows["llama.cpp"]["hint"]
+    assert rows["driver"]["status"] != "fail"

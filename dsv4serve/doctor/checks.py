@@ -54,6 +54,7 @@ def run_checks(profile=None, host: str = "127.0.0.1", port: int = 8000) -> Repor
     steps: list[Callable[[], Check | tuple[Check, ...]]] = [
         lambda: check_gpus(profile),
         lambda: check_vllm(profile),
+        lambda: _engine_check(profile),  # llama.cpp, Transformers
         lambda: check_disk(profile),
         check_token,
         lambda: check_port(host, port),
@@ -66,11 +67,28 @@ def run_checks(profile=None, host: str = "127.0.0.1", port: int = 8000) -> Repor
     return Report(profile.name if profile is not None else None, tuple(checks))
 
 
+def _engine_check(profile=None) -> tuple[Check, ...]:
+    """The profile's engine when it is not vLLM (serve.engine: llama.cpp, Transformers): installed and
+    new enough, as `up` checks it; what `up` would refuse fails with its exit code."""
+    if profile is None or profile.serve.engine in (None, "vllm", "auto"):
+        return ()
+    from dsv4serve.engines.base import get_engine
+
+    engine = get_engine(profile.serve.engine)
+    installed = engine.installed_version()
+    try:
+        engine.require_version(None, installed, profile.name)
+    except DsvError as err:
+        return (Check(engine.name, FAIL, err.message, err.hint, err.exit_code),)
+    return (Check(engine.name, OK, f"{engine.name} {installed}"),)
+
+
 def check_gpus(profile=None) -> tuple[Check, ...]:
     """Driver and NVML, then the GPUs with their compute capability against the profile's minimum."""
     from dsv4serve.hardware import inventory as hardware
 
     gpu_only = profile is not None and not profile.cpu_ok
+    gpu_only = gpu_only and profile.serve.engine not in ("llama.cpp", "transformers")  # these run on CPUs
     try:
         inventory = hardware.read_inventory()
     except DsvError as err:
