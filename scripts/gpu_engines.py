@@ -31,16 +31,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def read_document(proc) -> dict:
+    """The first JSON document `up --json` prints (indented over several lines)."""
+    text = ""
+    for line in proc.stdout:
+        text += line
+        try:
+            return json.loads(text)
+        except ValueError:
+            continue
+    return {"error": {"message": text.strip() or f"no output, exit {proc.wait()}"}}
+
+
 def serve_once(engine: str, extra: list[str], env: dict[str, str], timeout: float) -> dict:
     port = free_port()
     argv = [sys.executable, "-m", "dsv4serve", "up", "tiny-v4", "--engine", engine, "--json"]
     proc = subprocess.Popen([*argv, "--port", str(port), *extra], stdout=subprocess.PIPE, env=env, text=True)
     t0 = time.monotonic()
     try:
-        line = proc.stdout.readline()  # the ready document (or nothing: the start failed)
-        if not line:
-            return {"engine": engine, "error": f"exit {proc.wait()}"}
-        ready = json.loads(line)
+        ready = read_document(proc)  # the ready document, or the error's (the start failed)
+        if "error" in ready:
+            return {"engine": engine, "error": ready["error"], "exit": proc.wait(60)}
         body = {"model": ready["model"], "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/completions",
@@ -71,7 +82,8 @@ def main() -> int:
     if find_server():
         runs.append(serve_once("llama.cpp", [], cpu, 300))
     texts = {r["engine"]: r.get("text") for r in runs}
-    result = {"prompt": PROMPT, "runs": runs, "same": len({t for t in texts.values() if t is not None}) == 1}
+    same = None not in texts.values() and len(set(texts.values())) == 1  # every engine answered, alike
+    result = {"prompt": PROMPT, "runs": runs, "same": same}
     (out / "engines.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0 if result["same"] else 1
