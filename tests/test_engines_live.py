@@ -186,6 +186,8 @@ def test_smoke_tiny_v4_on_a_cpu_picks_an_engine(dsv4serve_cmd):
     result = json.loads("".join(cli.out))
     assert result["engine"] == ("llama.cpp" if LLAMA_SERVER else "transformers")
     assert (result["reply"] + result["reasoning"]).strip() and result["stopped_cleanly"] is True
+    if LLAMA_SERVER:  # smoke's DeepSeek-V4 checks, each on its own
+        assert [c["name"] for c in result["checks"] if c["ok"]] == ["plain", "thinking", "tools"]
     assert_all_gone(result["pid"], port=port)
 
 

@@ -263,7 +263,8 @@ def register(app: typer.Typer) -> None:
                 result.update(
                     chat_once(server.base_url, spec.served_model_name, api_key=api_key, engine=spec.engine)
                 )
-                if spec.engine == "vllm" and deepseek_v4_chat(spec.argv):  # plain, thinking, tools apart
+                # DeepSeek-V4's chat: plain, thinking, tools apart (llama.cpp always serves V4 here)
+                if spec.engine == "llama.cpp" or (spec.engine == "vllm" and deepseek_v4_chat(spec.argv)):
                     result["checks"] = as_dicts(run_checks(server.base_url, spec.served_model_name, api_key))
         except procs.Stopped as stop:
             raise typer.Exit(128 + stop.signum) from None
