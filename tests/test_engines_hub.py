@@ -23,7 +23,7 @@ FILES = {
 
 @pytest.fixture
 def hub(monkeypatch):
-    with HubServer() as server:
+    with HubServer() as server:  # huggingface_hub talks to it through HF_ENDPOINT
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         yield server
 

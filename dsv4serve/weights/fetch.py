@@ -126,6 +126,15 @@ def _from_hub(
     listing = hd.list_files(hub, repo, rev, patterns)
     if before_download is not None:  # the real sizes, before the first byte
         before_download(sum(f.size for f in listing.wanted if f.path.endswith(".safetensors")))
+    result = download_listing(hub, repo, rev, dest, listing, sink)
+    ensure_complete(result.path, patterns)
+    return result
+
+
+def download_listing(
+    hub: hd.Hub, repo: str, rev: str, dest: Path | None, listing: hd.Listing, sink: Progress | None
+) -> DownloadResult:
+    """The listing's wanted files into the hub cache (or dest): disk check first, resumable, recorded."""
     target = hd.Target(hub, repo, listing.commit, dest)
     budget = hd.check_disk(target, listing.wanted)  # before the first byte
     if sink is not None and budget.needed:
@@ -141,7 +150,6 @@ def _from_hub(
         if sink is not None and budget.needed:
             sink.finish()
     target.record(listing, rev)
-    ensure_complete(target.root, patterns)
     return DownloadResult(
         path=target.root,
         source="hub",

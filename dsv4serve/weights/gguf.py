@@ -12,6 +12,7 @@ llama-server is given the first shard (`-00001-of-N`); it finds the others itsel
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from dsv4serve.errors import DownloadError
 from dsv4serve.weights import hub as hd
-from dsv4serve.weights.fetch import DownloadResult, Progress, hub_settings, offline
+from dsv4serve.weights.fetch import DownloadResult, Progress, download_listing, hub_settings, offline
 
 CONVERTED = "model.gguf"
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
@@ -99,41 +100,16 @@ def _from_hub(hub, repo, rev, dest, pattern, quant, sink, before_download) -> Do
             "check model.gguf.quants in the profile against the repo's files on the hub",
         )
     listing = hd.Listing(listing.commit, listing.files, wanted)
-    total = sum(f.size for f in wanted)
     if before_download is not None:  # the listing's real size, before the first byte
-        before_download(total)
-    target = hd.Target(hub, repo, listing.commit, dest)
-    budget = hd.check_disk(target, wanted)
-    if sink is not None and budget.needed:
-        sink.start(budget.total, budget.cached + budget.partial)
-    received = 0
-    try:
-        received = hd.download_all(target, wanted, sink.advance if sink else (lambda n: None))
-    except OSError as err:
-        if hd.is_disk_full(err):
-            raise hd.hub_error(err, repo, rev, hub, where=target.root) from err
-        raise
-    finally:
-        if sink is not None and budget.needed:
-            sink.finish()
-    target.record(listing, rev)
-    short = [f.path for f in wanted if not _at_size(target.final(f), f.size)]
+        before_download(sum(f.size for f in wanted))
+    result = download_listing(hub, repo, rev, dest, listing, sink)
+    short = [f.path for f in wanted if not _at_size(result.path / f.path, f.size)]
     if short:
         raise DownloadError(
             f"{repo}: {len(short)} GGUF file(s) of {quant} missing or short: {', '.join(short[:4])}",
             "run `dsv4serve download PROFILE --engine llama.cpp` again: it fetches only what is missing",
         )
-    return DownloadResult(
-        path=target.root / first_shard([f.path for f in wanted]),
-        source="hub",
-        repo=repo,
-        revision=rev,
-        commit=listing.commit,
-        files=len(wanted),
-        total_bytes=budget.total,
-        downloaded_bytes=received,
-        reused_bytes=budget.cached + budget.partial,
-    )
+    return dataclasses.replace(result, path=result.path / first_shard([f.path for f in wanted]))
 
 
 def _from_cache(hub, repo, rev, dest, pattern, quant, allow_download) -> DownloadResult:
