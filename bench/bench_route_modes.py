@@ -1,9 +1,9 @@
 """Time to first token through `dsv4serve route` in its two modes, against a real vLLM (tiny, CPU build).
 
 Arms, one request at a time, the order rotated per prompt: straight to vLLM (the anchor), the router in
-classify-first mode (the classifier answers, then the chosen model starts), in parallel mode (Flash's
-answer starts with the classifier call) with the default compact JSON answer, and in parallel mode
-with `method: choice` (a one-word answer, fewer classifier tokens). Each request is a new conversation
+classify-first mode (the classifier answers, then the chosen model starts) and in parallel mode (Flash's
+answer starts with the classifier call), each with the default compact JSON answer and with
+`method: choice` (a one-word answer, fewer classifier tokens). Each request is a new conversation
 (its own x-session-id) with a unique prompt, so neither the session cache nor vLLM's prefix cache
 helps one arm. Flash and Pro are the same vLLM here: Pro's time to first token is Flash's.
 
@@ -45,6 +45,7 @@ classifier:
 ARMS = {  # name: (mode, method); None: straight to vLLM
     "direct": None,
     "classify-first": ("classify-first", "compact_json"),
+    "classify-first+choice": ("classify-first", "choice"),
     "parallel": ("parallel", "compact_json"),
     "parallel+choice": ("parallel", "choice"),
 }
@@ -175,18 +176,18 @@ def calibrate(profile: Path, upstream: str, texts: list[str]) -> float:
 def report(results: dict[str, list[dict]]) -> None:
     anchor = statistics.median(r["ttft"] for r in results["direct"])
     print(f"time to first token, one request at a time, {PROMPTS} prompts per arm (p50; ratio to direct):")
-    print(f"  direct to vLLM                 {anchor * 1000:8.1f} ms  1.000")
+    print(f"  {'direct to vLLM':30}  {anchor * 1000:8.1f} ms  1.000")
     for arm, rows in results.items():
         if arm == "direct":
             continue
         for level in ("simple", "complex"):
             got = [r["ttft"] for r in rows if r["reason"] == f"classified-{level}"]
             if not got:
-                print(f"  {arm:16} {level:7}  none classified {level}")
+                print(f"  {arm:22} {level:7}  none classified {level}")
                 continue
             p50 = statistics.median(got)
             print(
-                f"  {arm:16} {level:7}  {p50 * 1000:8.1f} ms  {p50 / anchor:.3f}  "
+                f"  {arm:22} {level:7}  {p50 * 1000:8.1f} ms  {p50 / anchor:.3f}  "
                 f"(added {(p50 - anchor) * 1000:+.1f} ms, {len(got)} requests)"
             )
     print("Flash's work on complex requests in parallel mode (cancelled before any byte reached the client):")

@@ -17,6 +17,7 @@ import math
 import re
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,15 +281,6 @@ def report(
         random,
     ]
     seconds = sorted(o.seconds for o in outcomes)
-    reasons: dict[str, int] = {}
-    for o in outcomes:
-        reasons[o.reason] = reasons.get(o.reason, 0) + 1
-    kinds: dict[str, dict[str, Any]] = {}
-    for e, o in zip(examples, outcomes, strict=True):
-        k_ = kinds.setdefault(e.kind or "-", {"examples": 0, "correct": 0, "pro": 0})
-        k_["examples"] += 1
-        k_["correct"] += (o.route == "pro") == (e.level == "complex")
-        k_["pro"] += o.route == "pro"
     return {
         "examples": n,
         "levels": {level: levels.count(level) for level in LEVELS},
@@ -300,7 +292,7 @@ def report(
             for level in LEVELS
         },
         "strategies": strategies,
-        "reasons": dict(sorted(reasons.items())),
+        "reasons": dict(sorted(Counter(o.reason for o in outcomes).items())),
         "latency_ms": {
             "p50": _pct(seconds, 50) * 1000,
             "p90": _pct(seconds, 90) * 1000,
@@ -316,14 +308,7 @@ def report(
             "prompt_counted": sum(o.counted for o in outcomes),
             "completion_assumed": completion_tokens,
         },
-        "by_kind": {
-            name: {
-                "examples": v["examples"],
-                "accuracy": v["correct"] / v["examples"],
-                "pro_share": v["pro"] / v["examples"],
-            }
-            for name, v in sorted(kinds.items())
-        },
+        "by_kind": _by_kind(examples, outcomes),
         "confidence": _calibration(levels, outcomes, target_share),
         "decisions": [
             {
@@ -336,6 +321,20 @@ def report(
             }
             for e, o in zip(examples, outcomes, strict=True)
         ],
+    }
+
+
+def _by_kind(examples: list[Example], outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
+    kinds: dict[str, list[tuple[Example, Outcome]]] = {}
+    for e, o in zip(examples, outcomes, strict=True):
+        kinds.setdefault(e.kind or "-", []).append((e, o))
+    return {
+        name: {
+            "examples": len(pairs),
+            "accuracy": sum((o.route == "pro") == (e.level == "complex") for e, o in pairs) / len(pairs),
+            "pro_share": sum(o.route == "pro" for _, o in pairs) / len(pairs),
+        }
+        for name, pairs in sorted(kinds.items())
     }
 
 
@@ -408,7 +407,7 @@ def render(name: str, profile: str, result: dict[str, Any]) -> list[str]:
     lines.append("reasons: " + ", ".join(f"{k} {v}" for k, v in r["reasons"].items()))
     lat = r["latency_ms"]
     lines.append(
-        f"latency the router adds (classify-first; none in parallel mode for simple requests): "
+        f"latency the router adds before the chosen model starts (classify-first mode): "
         f"p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms, p99 {lat['p99']:.0f} ms"
     )
     p = r["prices"]
