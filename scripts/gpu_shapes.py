@@ -107,13 +107,30 @@ def cmd_start(args) -> int:
     idle = nvml_used()
     gpus = ["--gpus", GPUS] if GPUS else []  # GS_GPUS= (empty): a CPU dry run of this script with tiny
     argv = [*CLI, "up", args.profile, *gpus, "--port", str(PORT), "--json", "--timeout", "3000", *args.up]
+    plan = _plan(args.profile, argv)  # now, while the GPU is idle: beside the server it would see it full
     out = (WORK / f"{args.name}.up.log").open("w")
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
     _state(args.name).write_text(
-        json.dumps({"pid": proc.pid, "argv": argv, "t0": time.time(), "idle_used": idle})
+        json.dumps({"pid": proc.pid, "argv": argv, "t0": time.time(), "idle_used": idle, "plan": plan})
     )
     log(f"started {args.name}: pid {proc.pid}: {' '.join(argv)}")
     return 0
+
+
+def _plan(profile: str, argv: list[str]) -> dict:
+    """`dsv4serve plan` of the start about to happen: {"plan": ...} or {"plan_error": ...}."""
+    gpus = ["--gpus", GPUS] if GPUS else []
+    plan = subprocess.run(
+        [*CLI, "plan", profile, *gpus, "--json", *_plan_flags(argv)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+    )
+    try:
+        return {"plan": json.loads(plan.stdout)}
+    except ValueError:
+        return {"plan_error": (plan.stdout + plan.stderr)[-2000:]}
 
 
 def _ready_doc(name: str) -> dict | None:
@@ -265,23 +282,12 @@ def cmd_measure(args) -> int:
         result["up_tail"] = (WORK / f"{args.name}.up.log").read_text(errors="replace")[-4000:]
         save()
         log(f"{args.name}: {result['error']}")
-        _keep_log(args, vlog)
+        _keep_log(args, vlog, done=False)  # the server starts on: a later measure reads the same log
         return 1
-    profile = state["argv"][state["argv"].index("up") + 1]
-    gpus = ["--gpus", GPUS] if GPUS else []
-    plan = subprocess.run(
-        [*CLI, "plan", profile, *gpus, "--json", *_plan_flags(state["argv"])],
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=120,
-    )
-    try:
-        result["plan"] = json.loads(plan.stdout)
-    except ValueError:
-        result["plan_error"] = (plan.stdout + plan.stderr)[-2000:]
+    result.update(state.get("plan", {}))
     result["nvml_used_ready"] = nvml_used()
     save()
+    profile = state["argv"][state["argv"].index("up") + 1]
     model = doc.get("model") or doc.get("served_model_name") or profile
     result["model"] = model
     try:
@@ -308,10 +314,11 @@ def _plan_flags(argv: list[str]) -> list[str]:
     return flags + (argv[argv.index("--") :] if "--" in argv else [])
 
 
-def _keep_log(args, vlog: Path | None) -> None:
+def _keep_log(args, vlog: Path | None, done: bool = True) -> None:
     if vlog:
         (args.out / f"{args.name}.vllm.log.xz").write_bytes(lzma.compress(vlog.read_bytes()))
-        vlog.rename(vlog.with_suffix(f".{args.name}.done"))  # the next server's log is the newest
+        if done:
+            vlog.rename(vlog.with_suffix(f".{args.name}.done"))  # the next server's log is the newest
 
 
 def _stop(name: str) -> dict:
