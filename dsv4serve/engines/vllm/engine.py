@@ -28,7 +28,7 @@ class VllmEngine:
         return vllm_args(profile, model, overrides, tp, max_len, graphs, util)
 
     def command(self, args: Sequence[str]) -> tuple[str, ...]:
-        return ("vllm", "serve", *args)
+        return (*self.program, *args)
 
     def arg_problem(self, args: tuple[str, ...]):
         from dsv4serve.engines.vllm.flags import profile_arg_problem
