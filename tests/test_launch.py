@@ -249,12 +249,18 @@ def test_a_signal_while_starting_arrives_once_the_group_is_guarded(monkeypatch):
         return proc
 
     monkeypatch.setattr(subprocess, "Popen", popen)
+    # Another live thread that does not block the signal (as in a full test run, or vLLM's log
+    # drain): the kernel may hand the signal to it, so the main thread's mask alone cannot hold it.
+    idle = threading.Event()
+    bystander = threading.Thread(target=idle.wait, daemon=True)
+    bystander.start()
     server = Server(spec(SPAWNS_CHILD))
     try:
         with procs.stop_on_signals(), pytest.raises(KeyboardInterrupt):
             server.start()
         assert server.proc is started[0] and server._watchdog is started[1]
     finally:
+        idle.set()
         server.stop()
         for proc in started:  # without the fix: the group nobody knew about
             with contextlib.suppress(ProcessLookupError):

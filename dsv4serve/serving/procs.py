@@ -197,12 +197,26 @@ def stop_on_signals() -> Iterator[None]:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Block SIGINT/SIGTERM/SIGHUP inside the block; one that arrives is delivered when it ends."""
+    """Hold SIGINT/SIGTERM/SIGHUP inside the block; one that arrives is delivered when it ends.
+
+    The mask alone is not enough: it is per thread, and the kernel hands a process-wide signal to
+    any thread that does not block it (a log drain, an HTTP client's pool), whose C handler then
+    makes the main thread run the Python one at once. So in the main thread the Python handlers are
+    swapped for a recorder too, and what it records is raised again after the block.
+    """
+    held: list[int] = []
+    swapped = {}
+    if threading.current_thread() is threading.main_thread():
+        swapped = {sig: signal.signal(sig, lambda signum, _f: held.append(signum)) for sig in STOP_SIGNALS}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in swapped.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # what the mask kept is delivered here
+        for sig in dict.fromkeys(held):  # once each, as a pending signal would be
+            signal.raise_signal(sig)
 
 
 @contextlib.contextmanager
