@@ -291,6 +291,8 @@ def test_host_and_port_after_dashdash_reach_the_readiness_probe():
         (["--port", "0"], "1 to 65535"),
         (["--host", "a b"], "not an IP address"),
         (["--max-model-len"], "needs a value"),
+        (["--", "--port", "\u00b2"], "write -- once"),  # hid the port from the planner: exit 1 once
+        (["--enforce-eager", "--"], "write -- once"),
     ],
 )
 def test_flags_the_planner_cannot_follow_are_refused(run_cli, extra, words):
@@ -304,8 +306,14 @@ def test_harmless_values_pass_through(run_cli):
     assert plan["argv"][-2:] == ["-pp", "1"]
 
 
+@pytest.mark.parametrize("engine", ["llama.cpp", "transformers"])
+def test_a_second_double_dash_is_refused_by_every_engine(run_cli, engine):
+    result = run_cli("plan", "tiny-v4", "--engine", engine, "--", "--", "--port", "\u00b2")
+    assert result.exit_code == 2 and "a second --" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
-    "args", [["--port", "9000"], ["--foo", "-tp", "1"], ["--gpu-memory-utilization=0.5"]]
+    "args", [["--port", "9000"], ["--foo", "-tp", "1"], ["--gpu-memory-utilization=0.5"], ["--", "-x"]]
 )
 def test_a_profile_cannot_hide_planned_flags_in_extra_args(run_cli, tmp_path, args):
     path = child(tmp_path, f"serve:\n  extra_args: {json.dumps(args)}\n")

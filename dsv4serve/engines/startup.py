@@ -33,10 +33,10 @@ def first_hint(log_tail: str, hints: Hints, default: str) -> str:
 
 
 def decided_problem(args, decided: dict[str, str]) -> tuple[int, str, str] | None:
-    """The first arg (before a `--`) that names a flag the plan decides: (index, problem, hint)."""
+    """The first arg that names a flag the plan decides, or a second `--`: (index, problem, hint)."""
     for i, arg in enumerate(args):
-        if arg == "--":
-            return None
+        if arg == "--":  # the engine would read what follows as positionals, or refuse `--` itself
+            return i, "a second --", "write -- once, before the args for the engine"
         flag = arg.split("=", 1)[0]
         if flag in decided:
             return i, f"{flag} is decided by the plan", f"use {decided[flag]} instead"

@@ -19,6 +19,8 @@ def arg_value(args: Sequence[str], flag: str) -> str | None:
     """The value vLLM will use for FLAG: its last occurrence (args after `--` come last and win)."""
     value = None
     for i, arg in enumerate(args):
+        if arg == "--":  # argparse: what follows is positional (the planner refuses it anyway)
+            break
         if arg == flag and i + 1 < len(args):
             value = args[i + 1]
         elif arg.startswith(flag + "="):

@@ -209,8 +209,12 @@ def _scan(args: tuple[str, ...]):
     """Yield (index, flag, name, value or None, the number of args it spans) for planned flags."""
     i = 0
     while i < len(args):
-        if args[i] == "--":  # argparse: everything after is positional
-            return
+        if args[i] == "--":  # argparse would take all after it as vLLM's positionals: none exist
+            raise UsageError(
+                "-- among the args for vLLM: vLLM would read all after it as positional arguments,"
+                " and it takes none but the model",
+                "write -- once, before the args for vLLM",
+            )
         flag, name, value = _split(args[i])
         if flag is None:
             i += 1
