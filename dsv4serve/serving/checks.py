@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from dsv4serve.errors import LaunchError
+from dsv4serve.serving.local_http import OPENER, json_headers
 
 PROMPT = "Say hello in five words."
 THINKING_OFF = {"chat_template_kwargs": {"thinking": False}}
@@ -33,7 +34,6 @@ TOOL = {
         },
     },
 }
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # local traffic only
 
 
 def deepseek_v4_chat(argv: Sequence[str]) -> bool:
@@ -99,13 +99,10 @@ def judge(name: str, answer: dict, plain_prompt_tokens: int = 0) -> Check:
 
 
 def post(base_url: str, body: dict, api_key: str | None, timeout_s: float = 120.0) -> dict:
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
     req = urllib.request.Request(
-        base_url + "/v1/chat/completions", data=json.dumps(body).encode(), headers=headers
+        base_url + "/v1/chat/completions", data=json.dumps(body).encode(), headers=json_headers(api_key)
     )
-    with _OPENER.open(req, timeout=timeout_s) as resp:
+    with OPENER.open(req, timeout=timeout_s) as resp:
         return json.loads(resp.read())
 
 

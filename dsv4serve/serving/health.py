@@ -26,6 +26,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from dsv4serve.serving.local_http import OPENER, json_headers
+
 STATES = ("ok", "stalled", "memory-growth")
 POLICIES = ("off", "warn", "restart", "stop")
 MIB = 2**20
@@ -230,21 +232,12 @@ def memory_verdict(trends: dict[str, MemoryTrend]) -> str | None:
 
 # -- readings ---------------------------------------------------------------------------------------
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # local traffic: no proxy
-
-
-def _headers(api_key: str | None) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    return headers
-
 
 def get_text(url: str, timeout_s: float, api_key: str | None = None) -> tuple[int | None, str]:
     """(HTTP status, body) of a GET; (None, why) when nothing answered."""
-    req = urllib.request.Request(url, headers=_headers(api_key))
+    req = urllib.request.Request(url, headers=json_headers(api_key))
     try:
-        with _OPENER.open(req, timeout=timeout_s) as resp:
+        with OPENER.open(req, timeout=timeout_s) as resp:
             return resp.status, resp.read(4 * MIB).decode("utf-8", errors="replace")
     except urllib.error.HTTPError as err:
         return err.code, ""
@@ -255,9 +248,9 @@ def get_text(url: str, timeout_s: float, api_key: str | None = None) -> tuple[in
 def probe_token(base_url: str, model: str, timeout_s: float, api_key: str | None = None) -> str | None:
     """One one-token completion within timeout_s: None when a token came, else what went wrong."""
     body = json.dumps({"model": model, "prompt": "ping", "max_tokens": 1, "temperature": 0}).encode()
-    req = urllib.request.Request(base_url + "/v1/completions", data=body, headers=_headers(api_key))
+    req = urllib.request.Request(base_url + "/v1/completions", data=body, headers=json_headers(api_key))
     try:
-        with _OPENER.open(req, timeout=timeout_s) as resp:
+        with OPENER.open(req, timeout=timeout_s) as resp:
             choices = json.loads(resp.read(MIB)).get("choices")
     except urllib.error.HTTPError as err:
         return f"HTTP {err.code}"

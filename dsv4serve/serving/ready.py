@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from dsv4serve.errors import LaunchError
 from dsv4serve.serving import sd_notify
+from dsv4serve.serving.local_http import OPENER, json_headers
 from dsv4serve.serving.spec import LaunchSpec
 
 # A cold DeepSeek-V4 start compiles kernels for many minutes before it answers: on one H200 the DeepGEMM
@@ -84,7 +85,7 @@ def api_key(spec: LaunchSpec) -> str | None:
 def http_status(url: str) -> int | None:
     """The HTTP status of a GET (None: no answer)."""
     try:
-        with _OPENER.open(url, timeout=2.0) as resp:
+        with OPENER.open(url, timeout=2.0) as resp:
             return resp.status
     except urllib.error.HTTPError as err:
         return err.code
@@ -95,13 +96,10 @@ def http_status(url: str) -> int | None:
 def one_token(base_url: str, spec: LaunchSpec, timeout_s: float) -> bool:
     """A one-token completion succeeds; a 4xx (a request vLLM will never accept) is a LaunchError."""
     body = json.dumps({"model": spec.served_model_name, "prompt": "ready?", "max_tokens": 1})
-    headers = {"Content-Type": "application/json"}
-    key = api_key(spec)
-    if key:  # a keyed vLLM answers 401 without it, and the start would fail
-        headers["Authorization"] = f"Bearer {key}"
+    headers = json_headers(api_key(spec))  # a keyed vLLM answers 401 without it: the start would fail
     req = urllib.request.Request(base_url + "/v1/completions", data=body.encode(), headers=headers)
     try:
-        with _OPENER.open(req, timeout=min(timeout_s, 60.0)) as resp:
+        with OPENER.open(req, timeout=min(timeout_s, 60.0)) as resp:
             return bool(json.loads(resp.read()).get("choices"))
     except urllib.error.HTTPError as err:
         if 400 <= err.code < 500:  # waiting longer cannot help
@@ -113,6 +111,3 @@ def one_token(base_url: str, spec: LaunchSpec, timeout_s: float) -> bool:
         return False
     except (OSError, ValueError):
         return False
-
-
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+
+from dsv4serve.serving.local_http import OPENER, json_headers
 
 DEFAULT_ROUNDS = (1, 8, 64)
 DECODE_TOKENS = 16  # decode steps per request: batch sizes 1..c are stepped through as requests end
 LONG_PROMPT_WORDS = 1500  # ~1.5-2k tokens: a prefill chunk of the size long prompts bring
-
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _prompt(i: int, words: int) -> str:
@@ -34,7 +33,7 @@ def _complete(base_url: str, model: str, headers: dict, prompt: str, timeout_s: 
     req = urllib.request.Request(
         base_url + "/v1/completions", data=json.dumps(body).encode(), headers=headers
     )
-    with _OPENER.open(req, timeout=timeout_s) as resp:
+    with OPENER.open(req, timeout=timeout_s) as resp:
         resp.read()
 
 
@@ -49,9 +48,7 @@ def run_round(
 ) -> float:
     """`concurrency` completions at once, prompts of `words` words; seconds until the last answered.
     Raises OSError (or urllib's HTTPError) if any request failed."""
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+    headers = json_headers(key)
     errors: list[BaseException] = []
 
     def one(i: int) -> None:
