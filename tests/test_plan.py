@@ -13,18 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from dsv4serve.engines.vllm.argv import shell_line
 from dsv4serve.errors import HardwareError, UsageError
-from dsv4serve.hardware.inventory import GiB, GpuProcess, parse_hardware
-from dsv4serve.planning.plan import (
+from dsv4serve.hardware.inventory import GiB, GpuProcess, MiB, parse_hardware
+from dsv4serve.planning.memory import (
     ACTIVATION_BYTES,
     CUDA_GRAPH_BYTES,
-    Overrides,
     kv_cache_bytes_per_gpu,
-    make_plan,
     overhead_bytes,
-    plan_to_dict,
-    shell_line,
 )
+from dsv4serve.planning.plan import Overrides, make_plan, plan_to_dict
 from dsv4serve.profiles.load import load_profile
 from dsv4serve.profiles.types import HardwareRule, Model, Profile, Serve
 
@@ -95,7 +93,9 @@ def test_flash_2xh200_fits_tp2_eager():
     profile = load_profile("flash")
     assert row.weights == -(-profile.model.weights_bytes // 2)
     assert round(row.kv_cache / GiB, 2) == 10.56 and plan.max_model_len == 1048576
-    assert row.overhead == overhead_bytes(False)
+    # DeepSeek-V4 with its hidden size: activations of the profiling run at 8,192 batched tokens, vLLM's
+    # buffers beyond the weights, the fixed non-torch figure at TP > 1, vLLM's 150 MiB reserve
+    assert row.overhead == 105 * 4096 * 8192 + 800 * MiB + 1 * GiB + 150 * MiB
     assert row.total == row.weights + row.kv_cache + row.overhead <= row.budget
     assert row.budget == math.ceil(0.9 * (143771 - 615) * 2**20)  # vLLM: ceil(util x CUDA's total)
 
@@ -174,8 +174,27 @@ def test_refuses_when_even_the_minimum_context_does_not_fit():
 def test_cuda_graphs_add_overhead_and_drop_enforce_eager():
     plan = plan_for("flash", "2xH200", cuda_graphs=True)
     assert "--enforce-eager" not in plan.args and plan.cuda_graphs
-    assert plan.memory[0].overhead == overhead_bytes(False) + CUDA_GRAPH_BYTES
-    assert plan.memory[0].overhead > ACTIVATION_BYTES
+    eager = plan_for("flash", "2xH200").memory[0].overhead
+    assert plan.memory[0].overhead == eager + CUDA_GRAPH_BYTES
+
+
+def test_a_model_without_its_hidden_size_keeps_the_fixed_overhead():
+    profile = load_profile("flash")
+    fixed = dataclasses.replace(profile, model=dataclasses.replace(profile.model, hidden_size=0))
+    plan = make_plan(fixed, parse_hardware("2xH200").gpus, Overrides())
+    assert plan.memory[0].overhead == overhead_bytes(False) == ACTIVATION_BYTES + (1 * GiB + 150 * MiB)
+    assert any(n.startswith("overhead column = fixed figures") for n in plan.notes)
+
+
+def test_the_activation_follows_hidden_size_and_batched_tokens():
+    def overhead(name, hardware, **kw):
+        return plan_for(name, hardware, **kw).memory[0].overhead
+
+    # Pro's hidden 7168 against Flash's 4096, at the same TP and step
+    assert overhead("pro", "8xH200") - overhead("flash", "8xH200") == 105 * (7168 - 4096) * 8192
+    # twice the scheduler's step, twice the activations (vLLM 0.28+ doubles its default on >= 160 GiB)
+    step = overhead("flash", "2xH200", extra_args=("--max-num-batched-tokens", "16384"))
+    assert step - overhead("flash", "2xH200") == 105 * 4096 * 8192
 
 
 def test_kv_cache_is_not_split_across_tp_ranks():
@@ -363,3 +382,12 @@ def test_help_does_not_import_pynvml_or_rich():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pynvml" not in out.splitlines()[-1] and "dsv4serve.planning.plan" not in out.splitlines()[-1]
+
+
+def test_the_plan_shows_the_measured_price_of_eager_for_v4_only(run_cli):
+    v4 = run_cli("plan", "flash", "--hardware", "2xH200").stdout
+    line = next(x for x in v4.splitlines() if x.startswith("eager or graphs (--cuda-graphs): "))
+    assert "~5.1x" in line and "vLLM 0.26" in line and "--enforce-eager" in plan_for("flash", "2xH200").args
+    graphs = run_cli("plan", "flash", "--hardware", "2xH200", "--cuda-graphs").stdout
+    assert "eager or graphs (eager is the default): " in graphs
+    assert "eager or graphs" not in run_cli("plan", "tiny", "--hardware", "1xH200").stdout

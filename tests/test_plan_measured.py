@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from dsv4serve.hardware.inventory import Gpu
-from dsv4serve.planning.plan import Overrides, kv_cache_bytes_per_gpu, make_plan
+from dsv4serve.planning.memory import kv_cache_bytes_per_gpu
+from dsv4serve.planning.plan import Overrides, make_plan
 from dsv4serve.profiles.load import load_profile
 
 GIB = 2**30

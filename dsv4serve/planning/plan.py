@@ -1,16 +1,13 @@
-"""The planner (pure: no I/O, no environment, no clock): TP size, max length, memory budget per GPU.
-
-The pieces live next door and are re-exported here, so `dsv4serve.planning.plan` stays the one import:
-plan_types (Overrides, MemoryRow, Plan), memory_model (vLLM's per-GPU memory figures), vllm_args (the
-argv, `command`, `shell_line`) and plan_cpu (the CPU path). This module plans the GPU path.
-"""
+"""The planner's entry point (pure: no I/O, no environment, no clock): make_plan picks the TP size,
+the max length and the memory budget per GPU, over the pieces next door (types, memory, strategy,
+spec, node_args, and cpu for the CPU path)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from dsv4serve.engines.vllm.argv import command, shell_line, vllm_args
+from dsv4serve.engines.vllm.argv import command, vllm_args
 from dsv4serve.engines.vllm.flags import read_tokens
 from dsv4serve.engines.vllm.jit_cache import startup_env
 from dsv4serve.engines.vllm.releases import DEFAULT as DEFAULT_RELEASE
@@ -19,26 +16,16 @@ from dsv4serve.errors import HardwareError, UsageError, oneline
 from dsv4serve.hardware.inventory import GPU_CATALOG, Gpu, MiB, capability_key, gib, gpu_to_dict
 from dsv4serve.planning.cpu import plan_cpu
 from dsv4serve.planning.memory import (
-    ACTIVATION_BYTES,
-    CPU_BASE_BYTES,
-    CPU_PER_RANK_BYTES,
-    CUDA_CONTEXT_BYTES,
-    CUDA_GRAPH_BYTES,
-    DEFAULT_BLOCK_SIZE,
-    KV_CACHE_SPLIT_ACROSS_TP,
     MIN_CONTEXT,
-    NON_TORCH_BYTES,
-    TP_COMM_BYTES,
-    VLLM_BUFFER_BYTES,
     KvContext,
+    Overhead,
     kv_block_size,
-    kv_cache_bytes_per_gpu,
     kv_capacity,
     kv_fit_len,
     kv_need_bytes,
     kv_summary,
     outside_budget_bytes,
-    overhead_bytes,
+    overhead_for,
 )
 from dsv4serve.planning.node_args import cpu_nodes, layout_args, with_nodes
 from dsv4serve.planning.spec import SpecChoice, resolve_spec, served_profile
@@ -54,32 +41,24 @@ from dsv4serve.planning.types import MemoryRow, Overrides, Plan, SpecSummary
 from dsv4serve.profiles.types import Profile
 
 __all__ = [
-    "ACTIVATION_BYTES",
-    "CPU_BASE_BYTES",
-    "CPU_PER_RANK_BYTES",
-    "CUDA_CONTEXT_BYTES",
-    "CUDA_GRAPH_BYTES",
-    "DEFAULT_BLOCK_SIZE",
-    "KV_CACHE_SPLIT_ACROSS_TP",
     "MAX_SUGGESTED_GPUS",
-    "MIN_CONTEXT",
-    "NON_TORCH_BYTES",
-    "TP_COMM_BYTES",
-    "VLLM_BUFFER_BYTES",
     "MemoryRow",
     "Overrides",
     "Plan",
-    "command",
     "default_model_location",
-    "kv_cache_bytes_per_gpu",
     "make_plan",
-    "outside_budget_bytes",
-    "overhead_bytes",
     "plan_to_dict",
-    "shell_line",
 ]
 
 MAX_SUGGESTED_GPUS = 64
+
+# Eager against CUDA graphs for DeepSeek-V4, measured at Flash's true layer shape cut to 4 layers on one
+# H200, vLLM 0.26, TP 1 (docs/validation.md, issue 20; capture sizes 1-64). Eager stays the default.
+V4_GRAPHS_TRADEOFF = (
+    "measured at Flash's layer shape on one H200 (vLLM 0.26): CUDA graphs decode one stream at "
+    "211-234 tok/s against eager's 40-46 (~5.1x), first token 0.03-0.05 s against 0.06-0.09 s; they "
+    "cost 0.72 GiB by vLLM's estimate (planned as 3 GiB); ready in 134 s with a warm JIT cache"
+)
 
 
 def default_model_location(profile: Profile) -> str | None:
@@ -182,6 +161,7 @@ class _Fit:
     max_len: int
     rows: tuple[MemoryRow, ...]
     problems: tuple[str, ...]
+    overhead: Overhead
     notes: tuple[str, ...] = field(default=())
 
 
@@ -193,10 +173,6 @@ def _plan_cuda(
     checkpoint, profile = profile, served_profile(profile, spec)  # the draft's tensors only when it is on
     if spec.on:
         overrides = replace(overrides, speculative_config=spec.config_json())
-    # 0.27+ counts every allocation after its memory snapshot as non-KV: ~4 GiB more per GPU reported
-    # for DeepSeek-V4 (Flash, TP 4, 0.28); no figure for other models, which keep the 0.26 overhead
-    extra = release.non_kv_extra_bytes if profile.model.kv_cache is not None else 0
-    overhead = overhead_bytes(graphs) + extra
     smallest = min(gpus, key=lambda g: g.memory_usable)
     batched = KvContext(
         release,
@@ -216,6 +192,7 @@ def _plan_cuda(
                 key=lambda g: g.index,
             )
         )
+        overhead = overhead_for(profile, graphs, _staged(batched, layout), layout.world, release)
         fit = _fit_memory(profile, chosen, layout, requested, overhead, batched)
         if not fit.problems and fit.max_len == requested:
             best = fit
@@ -249,7 +226,8 @@ def _plan_cuda(
             f"size ({kv_block_size(profile)}) whose KV cache fits next to the weights"
             + (" (vLLM's start-up check)" if profile.model.kv_cache else "")
         )
-    suggestions = () if not problems else _what_would_fit(profile, requested, overhead, batched)
+    notes.append(f"overhead column = {best.overhead.describe()}")
+    suggestions = () if not problems else _what_would_fit(profile, requested, graphs, release, batched)
     hint = ""
     if capability and profile.model.fallback:
         fallback = profile.model.fallback
@@ -298,6 +276,7 @@ def _plan_cuda(
         problems=tuple(problems),
         notes=tuple(notes),
         suggestions=suggestions,
+        graphs_tradeoff=V4_GRAPHS_TRADEOFF if profile.model.kv_cache is not None else "",
         kv=kv_summary(
             kv_profile(profile, best.layout, best.max_len, batched),
             best.max_len,
@@ -392,7 +371,7 @@ def _utilization(profile: Profile, gpus: tuple[Gpu, ...], tp: int) -> tuple[floa
 
     The server also needs outside_budget_bytes(tp) beyond its budget, so that much must be free too."""
     wanted = profile.serve.gpu_memory_utilization
-    extra = outside_budget_bytes(tp)
+    extra = outside_budget_bytes(tp, profile.model.kv_cache is not None)
     short = [g for g in gpus if g.memory_free < math.ceil(wanted * g.memory_usable) + extra]
     if not short:
         return wanted, [], []
@@ -414,7 +393,7 @@ def _short_reason(g: Gpu, wanted: float, extra: int) -> str:
         beside = g.memory_usable - math.ceil(wanted * g.memory_usable)
         return (
             f"GPU {g.index} is idle, but the {gib(beside)} beside a {wanted:g} budget is less than the "
-            f"{gib(extra)} vLLM needs there (CUDA context; NCCL at TP > 1)"
+            f"{gib(extra)} vLLM needs there (CUDA context; NCCL at TP > 1; DeepSeek-V4's kernels)"
         )
     by = ", ".join(f"pid {p.pid} {p.name}".strip() for p in g.processes)
     return f"GPU {g.index} has {gib(used)} in use" + (f" by {by}" if by else "")
@@ -426,11 +405,12 @@ def _staged(ctx: KvContext, layout: Layout) -> KvContext:
 
 
 def _fit_memory(
-    model: Profile, gpus: tuple[Gpu, ...], layout: Layout, requested: int, overhead: int, ctx: KvContext
+    model: Profile, gpus: tuple[Gpu, ...], layout: Layout, requested: int, cost: Overhead, ctx: KvContext
 ) -> _Fit:
     """The longest max_model_len (up to `requested`) whose KV start-up need fits next to the weights.
     The weights per GPU follow the layout's strategy, the KV cache its (largest) pipeline stage."""
     tp, world = layout.tp, layout.world
+    overhead = cost.total
     util, notes, problems = _utilization(model, gpus, world)
     batched = _staged(ctx, layout)
     profile = kv_profile(model, layout, requested, batched)
@@ -474,7 +454,7 @@ def _fit_memory(
             weights + kv + overhead,
             budgets[g.index],
             g.memory_free,
-            expected_used=budgets[g.index] + outside_budget_bytes(world),
+            expected_used=budgets[g.index] + outside_budget_bytes(world, model.model.kv_cache is not None),
             kv_capacity_tokens=capacity[g.index][0],
             kv_capacity_seqs=capacity[g.index][1],
             vllm_kv_tokens=capacity[g.index][2],
@@ -482,7 +462,7 @@ def _fit_memory(
         )
         for g in gpus
     )
-    return _Fit(layout, gpus, util, max_len, rows, tuple(problems), tuple(notes))
+    return _Fit(layout, gpus, util, max_len, rows, tuple(problems), cost, tuple(notes))
 
 
 def _capability_problems(profile: Profile, gpus: tuple[Gpu, ...]) -> list[str]:
@@ -495,7 +475,9 @@ def _capability_problems(profile: Profile, gpus: tuple[Gpu, ...]) -> list[str]:
     ]
 
 
-def _what_would_fit(profile: Profile, requested: int, overhead: int, ctx: KvContext) -> tuple[str, ...]:
+def _what_would_fit(
+    profile: Profile, requested: int, graphs: bool, release: Release, ctx: KvContext
+) -> tuple[str, ...]:
     """Catalog GPUs (of a new enough compute capability) and the fewest of each that hold this model."""
     found = []
     util = profile.serve.gpu_memory_utilization
@@ -507,6 +489,7 @@ def _what_would_fit(profile: Profile, requested: int, overhead: int, ctx: KvCont
             usable = gpu.memory_total - gpu.memory_reserved
             on_it = replace(ctx, gpu_memory=usable, gpu_name=gpu.name)  # vLLM's default step there
             weights = math.ceil(profile.model.weights_bytes / tp)
+            overhead = overhead_for(profile, graphs, on_it, tp, release).total
             need = weights + kv_need_bytes(profile, tokens, tp, on_it) + overhead
             if need <= math.ceil(util * usable):
                 # more GPUs than one node holds: that many nodes (no plan puts 16 GPUs in one node)

@@ -145,3 +145,4 @@ class Plan:
     nodes: tuple[NodePlan, ...] = ()  # one per node, the head first; `args`/`env` above are the head's
     vllm_release: str = ""  # the vLLM release whose KV layout, start-up check and defaults were modeled
     spec: SpecSummary | None = None  # speculative decoding (GPU path)
+    graphs_tradeoff: str = ""  # eager against CUDA graphs as measured for this model family; "" if never

@@ -62,6 +62,9 @@ def render_plan(plan, as_json: bool = False, up: Sequence[str] = ()) -> None:
             f"budget = gpu_memory_utilization {plan.gpu_memory_utilization:g} x CUDA's total memory; "
             f"CUDA graphs {'on' if plan.cuda_graphs else 'off (--enforce-eager)'}"
         )
+        if plan.graphs_tradeoff:
+            switch = "--cuda-graphs" if not plan.cuda_graphs else "eager is the default"
+            out.print(f"eager or graphs ({switch}): {plan.graphs_tradeoff}")
         row = plan.memory[0]
         if row.expected_used:
             out.print(

@@ -80,6 +80,7 @@ class Model:
     active_params: int = 0
     layers: int = 0
     attention_heads: int = 0
+    hidden_size: int = 0  # config.json hidden_size; 0 = not given (the planner's fixed overhead figures)
     weights_bytes: int = 0  # size of the checkpoint on disk == bytes loaded onto GPUs
     kv_bytes_per_token: int = 0  # KV cache bytes per token, all layers, at serve.kv_cache_dtype
     kv_cache: KvCache | None = None  # structured cache (V4): replaces kv_bytes_per_token in the planner
