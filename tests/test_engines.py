@@ -12,7 +12,7 @@ from dsv4serve.engines.base import ENGINE_CHOICES, ENGINES, get_engine
 from dsv4serve.engines.llamacpp.binary import parse_server_version
 from dsv4serve.errors import EXIT_USAGE, DsvError, UsageError
 from dsv4serve.hardware.inventory import GiB, parse_hardware
-from dsv4serve.planning import llamacpp
+from dsv4serve.planning import llamacpp, llamacpp_kv, llamacpp_offload, llamacpp_quants
 from dsv4serve.planning.types import Overrides
 from dsv4serve.preflight.engine_choice import EngineOptions, plan_for_engine
 from dsv4serve.profiles.load import load_profile
@@ -104,10 +104,10 @@ def flash_plan(hardware: str | None, ram_gib: float, **kw):
 
 def test_the_kv_cache_grows_with_the_context_and_is_the_planned_column():
     kv = load_profile("flash").model.kv_cache
-    sizes = [llamacpp.kv_bytes(kv, n) for n in (4096, 65536, 1048576)]
+    sizes = [llamacpp_kv.kv_bytes(kv, n) for n in (4096, 65536, 1048576)]
     assert sizes == sorted(sizes) and sizes[0] < sizes[2]
     plan = flash_plan("1xH200", 512)
-    assert plan.engine_plan.kv_bytes == llamacpp.kv_bytes(kv, plan.engine_plan.context)
+    assert plan.engine_plan.kv_bytes == llamacpp_kv.kv_bytes(kv, plan.engine_plan.context)
 
 
 def test_the_largest_quant_that_fits_ram_plus_vram_is_chosen():
@@ -153,7 +153,7 @@ def test_the_context_is_lowered_to_the_longest_that_fits():
     room = (weights + 4 * GiB) / GiB / 0.9
     plan = flash_plan(None, room, quant="UD-IQ1_M")
     ctx = plan.engine_plan.context
-    assert plan.fits and llamacpp.MIN_CONTEXT <= ctx < 1048576 and ctx % 256 == 0
+    assert plan.fits and llamacpp_offload.MIN_CONTEXT <= ctx < 1048576 and ctx % 256 == 0
     assert plan.args[plan.args.index("-c") + 1] == str(ctx)
     assert any("context lowered from 1048576" in n for n in plan.notes)
     longer = flash_plan(None, room, quant="UD-IQ1_M", requested=ctx + 256)
@@ -189,7 +189,8 @@ def test_a_layer_cut_converts_instead_of_taking_the_full_models_gguf(tmp_path):
     path = tmp_path / "cut.yaml"
     path.write_text("name: cut\nextends: flash-preview\nmodel: {repo: null, path: /data/cut, layers: 43}\n")
     profile = load_profile(str(path))
-    assert llamacpp.hub_gguf(profile) is None and llamacpp.hub_gguf(load_profile("flash-preview"))
+    assert llamacpp_quants.hub_gguf(profile) is None
+    assert llamacpp_quants.hub_gguf(load_profile("flash-preview"))
 
 
 # -- Transformers' planner ------------------------------------------------------------------------

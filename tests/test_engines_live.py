@@ -142,8 +142,8 @@ def test_llama_cpp_serves_tiny_v4_as_gguf(llama_server):
 
 @needs_llama
 def test_llama_cpp_kv_buffers_are_the_planned_ones(llama_server):
-    """The planner's KV figure (planning/llamacpp.kv_bytes) against llama-server's own log lines."""
-    from dsv4serve.planning.llamacpp import compute_bytes, kv_bytes
+    """The planner's KV figure (planning/llamacpp_kv.kv_bytes) against llama-server's own log lines."""
+    from dsv4serve.planning.llamacpp_kv import compute_bytes, kv_bytes
     from dsv4serve.profiles.load import load_profile
 
     log = Path(llama_server.ready["log"]).read_text(errors="replace")

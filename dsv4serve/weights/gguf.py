@@ -65,7 +65,7 @@ def fetch_gguf(
     before_download: Callable[[int], None] | None = None,
 ) -> DownloadResult:
     """Make the quant's GGUF local; DownloadResult.path is the file llama-server loads."""
-    from dsv4serve.planning.llamacpp import hub_gguf
+    from dsv4serve.planning.llamacpp_quants import hub_gguf
 
     gguf = hub_gguf(profile)
     if gguf is None:
