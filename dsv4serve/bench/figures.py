@@ -37,11 +37,15 @@ class Level:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (nearest rank), None for no values."""
+    """The q-th percentile, interpolated between the two nearest ranks (numpy's default, which
+    `vllm bench serve` reports); None for no values."""
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+    pos = q / 100 * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def mean(values: list[float]) -> float | None:

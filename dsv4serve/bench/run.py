@@ -98,6 +98,9 @@ def bench(
     used = client if client != "auto" else ("vllm" if engine == "vllm" and vllm_client.installed() else "own")
     if used == "vllm" and not vllm_client.installed():
         raise UsageError("--client vllm: vLLM is not installed here", "--client own uses dsv4serve's client")
+    words = None
+    if used == "own" and not prompts:
+        words = own.fit_words(target.base_url, target.model, input_len, api_key)
     levels: list[Level] = []
     for c in concurrency:
         n = num_prompts or max(8, 4 * c)
@@ -108,7 +111,12 @@ def bench(
             )
         else:
             level = own.run_level(
-                target.base_url, target.model, c, own.make_prompts(input_len, n, prompts), output_len, api_key
+                target.base_url,
+                target.model,
+                c,
+                own.make_prompts(input_len, n, prompts, words),
+                output_len,
+                api_key,
             )
         levels.append(level)
     run = {
