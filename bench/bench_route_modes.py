@@ -156,12 +156,12 @@ def main() -> int:
 
 def calibrate(profile: Path, upstream: str, texts: list[str]) -> float:
     """classifier.threshold halfway between the two middle P(complex) of these prompts: half go to Pro."""
-    from dsv4serve.router import evaluate
+    from dsv4serve.router import eval_dataset, evaluate
     from dsv4serve.router.profile import load_router_profile
     from dsv4serve.router.upstreams import Upstream
 
     examples = [
-        evaluate.Example(i, ({"role": "user", "content": t},), "simple", "") for i, t in enumerate(texts)
+        eval_dataset.Example(i, ({"role": "user", "content": t},), "simple", "") for i, t in enumerate(texts)
     ]
     outcomes = evaluate.evaluate(
         load_router_profile(str(profile)), Upstream("flash", upstream), None, examples

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from dsv4serve.router import evaluate
+from dsv4serve.router import eval_dataset
 from dsv4serve.router.profile import load_router_profile
 from dsv4serve.router.sessions import SessionStore, session_key
 from dsv4serve.router.upstreams import Upstream
@@ -284,7 +284,7 @@ def test_clients_need_the_routers_key_except_for_health(pair, start_router, run_
 
 
 def test_the_shipped_dataset_covers_code_maths_and_chat_at_both_levels():
-    name, examples = evaluate.load_dataset("builtin")
+    name, examples = eval_dataset.load_dataset("builtin")
     assert len(examples) >= 100
     kinds = {(e.kind, e.level) for e in examples}
     assert kinds == {(k, lv) for k in ("code", "math", "chat") for lv in ("simple", "complex")}

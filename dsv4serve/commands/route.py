@@ -419,7 +419,7 @@ def eval_command(
     baselines (always-Flash, always-Pro, a length rule, random), a calibrated threshold."""
     from dsv4serve.errors import UsageError
     from dsv4serve.render import print_json
-    from dsv4serve.router import evaluate as ev
+    from dsv4serve.router import eval_dataset, eval_prices, eval_render, eval_report, evaluate
     from dsv4serve.router.profile import load_router_profile
     from dsv4serve.router.server import require_stack
     from dsv4serve.router.upstreams import make_upstream
@@ -430,15 +430,15 @@ def eval_command(
             "--flash is required: Flash classifies every prompt", "e.g. --flash http://127.0.0.1:8001"
         )
     profile = load_router_profile(router_profile)
-    prices = ev.parse_prices(price)
-    name, examples = ev.load_dataset(dataset)
+    prices = eval_prices.parse_prices(price)
+    name, examples = eval_dataset.load_dataset(dataset)
     examples = examples[:limit] if limit else examples
     up_flash = make_upstream("flash", flash, flash_model, flash_key_file)
     up_pro = make_upstream("pro", pro, None, pro_key_file) if pro else None
-    outcomes = ev.evaluate(profile, up_flash, up_pro, examples, concurrency)
-    result = ev.report(examples, outcomes, prices, completion_tokens, target_pro_share)
+    outcomes = evaluate.evaluate(profile, up_flash, up_pro, examples, concurrency)
+    result = eval_report.report(examples, outcomes, prices, completion_tokens, target_pro_share)
     if as_json:
         print_json({"dataset": name, "profile": profile.name, **result})
         return
-    for line in ev.render(name, profile.name, result):
+    for line in eval_render.render(name, profile.name, result):
         print(line)
