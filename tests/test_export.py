@@ -44,6 +44,17 @@ CASES = {
         "reg.example/dsv4:1",
     ),
     "kubernetes-pro-2x8xH100": ("kubernetes", "pro", "--hardware", "2x8xH100-80GB"),
+    # the other engines (test_export_engines.py checks every format x engine)
+    "compose-tiny-v4-llamacpp": ("compose", "tiny-v4", "--engine", "llama.cpp", "--ram", "16"),
+    "kubernetes-tiny-v4-transformers": ("kubernetes", "tiny-v4", "--engine", "transformers", "--ram", "16"),
+    "kubernetes-flash-gguf-1xRTX4090": (
+        "kubernetes",
+        "flash-gguf",
+        "--hardware",
+        "1xRTX4090",
+        "--ram",
+        "256",
+    ),
 }
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from dsv4serve.commands.engine_options import EngineOpt, QuantOpt, RamOpt, ThinkingOpt, engine_options
 from dsv4serve.commands.options import (
     CudaGraphsOpt,
     GpusOpt,
@@ -48,6 +49,12 @@ def _this_executable() -> tuple[str, ...]:
     return (str(script),) if script.exists() else (sys.executable, "-m", "dsv4serve")
 
 
+def _llama_server() -> str | None:
+    from dsv4serve.engines.llamacpp.binary import find_server
+
+    return find_server()
+
+
 def _source(fmt: str, profile: str, given: dict) -> str:
     """The export command line for the header: the options the user gave, in a fixed order."""
     import shlex
@@ -61,8 +68,9 @@ def _source(fmt: str, profile: str, given: dict) -> str:
     return shlex.join(words)
 
 
-def _up_options(max_model_len, cuda_graphs, warmup) -> list[str]:
-    """The planning options the user gave, for the exported `up` to plan with the same."""
+def _up_options(max_model_len, cuda_graphs, warmup, ram=None, thinking=None) -> list[str]:
+    """The planning options the user gave, for the exported `up` to plan with the same (the engine and
+    llama.cpp's quant are the plan's, pinned by make_deployment)."""
     options = []
     if max_model_len is not None:
         options += ["--max-model-len", str(max_model_len)]
@@ -70,6 +78,10 @@ def _up_options(max_model_len, cuda_graphs, warmup) -> list[str]:
         options.append("--cuda-graphs" if cuda_graphs else "--enforce-eager")
     if warmup is not None:
         options += ["--warmup", warmup]
+    if ram is not None:  # the RAM the plan was made for: `up` in a container would read the host's
+        options += ["--ram", f"{ram:g}"]
+    if thinking is not None:
+        options.append("--thinking" if thinking else "--no-thinking")
     return options
 
 
@@ -89,20 +101,26 @@ def register(app: typer.Typer) -> None:
         node_rank: NodeRankOpt = 0,
         master_addr: MasterAddrOpt = None,
         strategy: StrategyOpt = None,
+        engine: EngineOpt = None,
+        quant: QuantOpt = None,
+        ram: RamOpt = None,
+        thinking: ThinkingOpt = None,
         image: ImageOpt = DEFAULT_IMAGE,
         bin_path: BinOpt = None,
         output: OutputOpt = None,
         profile_dir: ProfileDirOpt = None,
     ) -> None:
-        """Write a systemd unit, a Compose file or Kubernetes manifests that run `dsv4serve up PROFILE`."""
+        """Write a systemd unit, a Compose file or Kubernetes manifests that run `dsv4serve up PROFILE`
+        (vLLM, llama.cpp or Transformers: --engine; the plan's engine and quant are pinned)."""
         import os
         import sys
 
         from dsv4serve.errors import UsageError
         from dsv4serve.export import FORMATS
-        from dsv4serve.export.spec import make_deployment
+        from dsv4serve.export.spec import make_deployment, weights_bytes
+        from dsv4serve.preflight.engine_choice import plan_for_engine
         from dsv4serve.preflight.nodes import NodeOptions, check
-        from dsv4serve.preflight.options import ensure_fits, plan_from_options
+        from dsv4serve.preflight.options import ensure_fits
         from dsv4serve.serving.health import default_watch
         from dsv4serve.serving.ready import startup_timeout
 
@@ -110,9 +128,10 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"export {fmt!r}: unknown format", f"use one of {', '.join(FORMATS)}")
         # The rank is checked against the plan's nodes below: --hardware 2x8x... declares them too.
         node_options = check(NodeOptions(nodes, 0, master_addr, strategy=strategy), starting=False)
-        options = _up_options(max_model_len, cuda_graphs, warmup)
-        loaded, plan = plan_from_options(
+        options = _up_options(max_model_len, cuda_graphs, warmup, ram, thinking)
+        loaded, plan = plan_for_engine(
             profile,
+            engine_options(engine, quant, ram, thinking),
             profile_dirs=tuple(profile_dir or ()),
             gpus=gpus,
             hardware=hardware,
@@ -140,7 +159,7 @@ def register(app: typer.Typer) -> None:
             host=host,
             port=port,
             up_options=options,
-            startup_timeout_s=startup_timeout(loaded.serve.startup_timeout_s, loaded.model.weights_bytes),
+            startup_timeout_s=startup_timeout(loaded.serve.startup_timeout_s, weights_bytes(loaded, plan)),
             stall_s=default_watch(plan).stall_s,
             source=_source(
                 fmt,
@@ -154,6 +173,8 @@ def register(app: typer.Typer) -> None:
                     "--node-rank": node_rank or None,
                     "--master-addr": master_addr,
                     "--strategy": strategy,
+                    "--engine": engine,
+                    "--quant": quant,
                 },
             )
             + (" " + " ".join(options) if options else ""),
@@ -181,6 +202,7 @@ def register(app: typer.Typer) -> None:
                 home=os.path.expanduser("~"),
                 node_rank=node_rank,
                 master_addr=master_addr,
+                llama_server=_llama_server() if dep.engine == "llama.cpp" else None,
             )
         elif fmt == "compose":
             from dsv4serve.export.compose import render_compose

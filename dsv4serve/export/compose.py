@@ -17,6 +17,8 @@ from dsv4serve.export.spec import (
     download_argv,
     dump_yaml,
     header,
+    image_lines,
+    memory_line,
     up_argv,
 )
 
@@ -54,26 +56,32 @@ def render_compose(dep: Deployment, *, image: str) -> str:
         },
         "ports": [f"{dep.host}:{dep.port}:{dep.port}"],
         "volumes": volumes,
-        "shm_size": f"{SHM_SIZE_GIB}gb",
+        **({"shm_size": f"{SHM_SIZE_GIB}gb"} if dep.shm else {}),  # vLLM's workers share /dev/shm
         "healthcheck": {
             "test": health_test(dep.port),
             "interval": "30s",
             "timeout": "10s",
             "retries": 3,
-            # vLLM answers /health only once up, which `up` gives this long (and exits 5 after it).
+            # The engine answers /health only once up, which `up` gives this long (and exits 5 after it).
             "start_period": f"{dep.startup_timeout_s + START_MARGIN_S}s",
             "start_interval": "10s",
         },
         "restart": "on-failure",
         "stop_grace_period": f"{STOP_TIMEOUT_S}s",
     }
-    if dep.gpu_count:
+    resources: dict = {}
+    if dep.ram_bytes:
+        resources["limits"] = {"memory": f"{dep.memory_limit_mib}m"}
+        resources["reservations"] = {"memory": f"{dep.memory_request_mib}m"}
+    if dep.gpu_count:  # only a plan that puts work on GPUs reserves them (not llama.cpp's -ngl 0)
         device: dict = {"driver": "nvidia", "capabilities": ["gpu"]}
         if dep.gpu_ids:  # the host's GPUs the user named; inside they are 0..N-1
             device["device_ids"] = list(dep.gpu_ids)
         else:
             device["count"] = dep.gpu_count
-        server["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
+        resources.setdefault("reservations", {})["devices"] = [device]
+    if resources:
+        server["deploy"] = {"resources": resources}
     services: dict = {}
     if dep.downloads:
         services["download"] = {
@@ -86,9 +94,8 @@ def render_compose(dep: Deployment, *, image: str) -> str:
         server["depends_on"] = {"download": {"condition": "service_completed_successfully"}}
     services[dep.name] = server
     doc = {"name": dep.name, "services": services, "volumes": {HUB_VOLUME: {}, CACHE_VOLUME: {}}}
-    lines = header(dep)
+    lines = header(dep) + image_lines(dep, image) + memory_line(dep)
     lines += [
-        f"# Image: {image} must have vLLM and dsv4serve installed.",
         f"# Start: {API_KEY_VAR}=... docker compose up -d",
         "",
     ]

@@ -23,6 +23,8 @@ from dsv4serve.export.spec import (
     download_argv,
     dump_yaml,
     header,
+    image_lines,
+    memory_line,
     up_argv,
 )
 
@@ -36,26 +38,32 @@ PROBE_TIMEOUT_S = 20  # `dsv4serve probe --timeout`: one token within this, or t
 
 
 def _probes(dep: Deployment) -> dict:
+    # /health is every engine's (vLLM, llama-server, transformers serve): 200 once the model is loaded.
     health = {"path": "/health", "port": "http"}
-    # /health stays 200 while an engine spins with no token (vLLM issues 40969, 41834): liveness asks
-    # for a real token, and allows the stall window `up`'s own watch allows before it exits 6.
-    probe = ["dsv4serve", "probe", "--port", str(dep.port), "--model", dep.served_model]
-    probe += ["--timeout", str(PROBE_TIMEOUT_S)]
-    return {
-        # vLLM answers /health once its engine is up; `up` gives it startup_timeout_s, then exits 5.
+    probes: dict = {
+        # The engine answers /health once it is up; `up` gives it startup_timeout_s, then exits 5.
         "startupProbe": {
             "httpGet": health,
             "periodSeconds": PROBE_PERIOD_S,
             "failureThreshold": math.ceil((dep.startup_timeout_s + START_MARGIN_S) / PROBE_PERIOD_S),
         },
         "readinessProbe": {"httpGet": health, "periodSeconds": PROBE_PERIOD_S, "timeoutSeconds": 5},
-        "livenessProbe": {
+    }
+    # /health stays 200 while an engine spins with no token (vLLM issues 40969, 41834): liveness asks
+    # for a real token, and allows the stall window `up`'s own watch allows before it exits 6.
+    # `transformers serve` answers only to the path of the checkpoint it loaded (the pod's own path of a
+    # generated checkpoint); where that is unknown, `up`'s health watch (the same token, --on-unhealthy
+    # stop: exit 6, then a restart) is the liveness check.
+    if dep.probe_model is not None:
+        probe = ["dsv4serve", "probe", "--port", str(dep.port), "--model", dep.probe_model]
+        probe += ["--timeout", str(PROBE_TIMEOUT_S)]
+        probes["livenessProbe"] = {
             "exec": {"command": probe},
             "periodSeconds": LIVENESS_PERIOD_S,
             "timeoutSeconds": PROBE_TIMEOUT_S + 10,
             "failureThreshold": max(3, math.ceil(dep.stall_s / LIVENESS_PERIOD_S)),
-        },
-    }
+        }
+    return probes
 
 
 def _env(dep: Deployment, api_key: bool) -> list[dict]:
@@ -94,9 +102,15 @@ def pod_spec(dep: Deployment, image: str, role: str) -> dict:
     container: dict = {"name": "dsv4serve", "image": image, "command": argv, "env": _env(dep, serves)}
     if serves:
         container["ports"] = [{"name": "http", "containerPort": dep.port}]
-    if dep.gpu_count:
-        container["resources"] = {"limits": {"nvidia.com/gpu": dep.gpu_count}}
-    container["volumeMounts"] = _mounts(shm=True)
+    resources: dict = {}
+    if dep.ram_bytes:  # the plan's host RAM (llama.cpp: the weights it keeps in RAM, KV, buffers)
+        resources["requests"] = {"memory": f"{dep.memory_request_mib}Mi"}
+        resources["limits"] = {"memory": f"{dep.memory_limit_mib}Mi"}
+    if dep.gpu_count:  # only a plan that puts work on GPUs asks for them (not llama.cpp's -ngl 0)
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = dep.gpu_count
+    if resources:
+        container["resources"] = resources
+    container["volumeMounts"] = _mounts(shm=dep.shm)
     if serves:
         container.update(_probes(dep))
     spec: dict = {"terminationGracePeriodSeconds": STOP_TIMEOUT_S}
@@ -117,8 +131,11 @@ def pod_spec(dep: Deployment, image: str, role: str) -> dict:
             "name": "dsv4serve-cache",
             "hostPath": {"path": f"{HOST_CACHE}/dsv4serve", "type": "DirectoryOrCreate"},
         },
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{SHM_SIZE_GIB}Gi"}},
     ]
+    if dep.shm:  # vLLM only: a memory-backed emptyDir counts against the pod's memory
+        spec["volumes"].append(
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{SHM_SIZE_GIB}Gi"}}
+        )
     return spec
 
 
@@ -171,6 +188,16 @@ def service(dep: Deployment) -> dict:
     }
 
 
+def _weights_where(dep: Deployment) -> str:
+    if dep.engine == "llama.cpp":
+        return (
+            "the GGUF converted under dsv4serve/"
+            if dep.converts
+            else "the quant's GGUF files under huggingface/"
+        )
+    return "under huggingface/" if dep.downloads else "under dsv4serve/"
+
+
 def render_kubernetes(dep: Deployment, *, image: str) -> str:
     """The manifests' text: workload and Service (the Secret is made by hand, never written here)."""
     lines = header(dep)
@@ -178,8 +205,9 @@ def render_kubernetes(dep: Deployment, *, image: str) -> str:
         f"# The Secret {dep.name} (keys api-key, and hf-token for gated repos), from files, not the shell:",
         f"#   kubectl create secret generic {dep.name} \\",
         "#     --from-file=api-key=./api-key --from-file=hf-token=./hf-token",
-        f"# Image: {image} must have vLLM and dsv4serve installed. Caches: {HOST_CACHE} on each node.",
     ]
+    lines += image_lines(dep, image) + memory_line(dep)
+    lines.append(f"# Caches: {HOST_CACHE} on each node (the weights: {_weights_where(dep)}).")
     if dep.nodes > 1:
         lines.append(f"# {dep.nodes} nodes: needs the LeaderWorkerSet controller (sigs.k8s.io/lws).")
     return "\n".join(lines) + "\n" + dump_yaml([workload(dep, image), service(dep)])

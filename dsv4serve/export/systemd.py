@@ -12,7 +12,9 @@ from dsv4serve.export.spec import (
     START_MARGIN_S,
     STOP_TIMEOUT_S,
     Deployment,
+    download_argv,
     header,
+    memory_line,
     up_argv,
 )
 
@@ -49,8 +51,11 @@ def render_unit(
     home: str,
     node_rank: int = 0,
     master_addr: str | None = None,
+    llama_server: str | None = None,
 ) -> str:
-    """The unit file's text. `executable`: the dsv4serve the service runs (an absolute path)."""
+    """The unit file's text. `executable`: the dsv4serve the service runs (an absolute path).
+    `llama_server`: the llama-server found here (llama.cpp plans), pinned: a unit's PATH is not the
+    login shell's."""
     argv = up_argv(dep, gpus=dep.gpus, host=dep.host, rank=str(node_rank), master_addr=master_addr)
     argv[:1] = executable
     run = " ".join(executable)
@@ -60,17 +65,21 @@ def render_unit(
     lines += [
         f"# Install as /etc/systemd/system/{unit}.service, then:",
     ]
+    if dep.engine == "llama.cpp" and not llama_server:
+        from dsv4serve.engines.llamacpp.binary import BUILD_HINT, ENV
+
+        lines.append(f"#   llama-server is not installed here: {BUILD_HINT}")
+        lines.append(f"#     (as {user}, whose cache the unit uses; or set {ENV} in the env file below)")
     if dep.downloads:
-        lines.append(
-            f"#   sudo -u {user} {run} download {dep.profile}   # the weights, before the first start"
-        )
+        download = " ".join(download_argv(dep)[1:])
+        lines.append(f"#   sudo -u {user} {run} {download}   # the weights, before the first start")
     lines += [
         f"#   {env_file} (mode 0600): {HF_TOKEN_VAR}=... and {API_KEY_VAR}=... lines, if you use them",
         f"#   systemctl daemon-reload && systemctl enable --now {unit}",
         f"#   journalctl -u {unit} -f",
         "",
         "[Unit]",
-        f"Description=dsv4serve {dep.profile} ({dep.served_model}) on vLLM",
+        f"Description=dsv4serve {dep.profile} ({dep.served_model}) on {dep.label}",
         "After=network-online.target",
         "Wants=network-online.target",
         "",
@@ -81,7 +90,12 @@ def render_unit(
         f"User={quote(user)}",
         "ExecStart=" + " ".join(quote(a) for a in argv),
     ]
-    lines += [f"Environment={quote(f'{var}={value}')}" for var, value in cache_environment(environ, home)]
+    pairs = cache_environment(environ, home)
+    if dep.engine == "llama.cpp" and llama_server:
+        from dsv4serve.engines.llamacpp.binary import ENV
+
+        pairs.append((ENV, os.path.abspath(llama_server)))
+    lines += [f"Environment={quote(f'{var}={value}')}" for var, value in pairs]
     lines += [
         f"EnvironmentFile=-{env_file}",
         "Restart=on-failure",
@@ -104,6 +118,15 @@ def render_unit(
         f"WatchdogSec={dep.stall_s + WATCHDOG_MARGIN_S}",
         f"TimeoutStopSec={STOP_TIMEOUT_S}",
         "LimitNOFILE=65536",
+    ]
+    if not dep.gpu_count:
+        # The plan uses no GPU (the CPU path, llama.cpp's -ngl 0): no /dev/nvidia*, so `up` plans the
+        # same CPU-only layout at each start, even on a host with GPUs.
+        lines += ["# CPU only: the plan uses no GPU", "PrivateDevices=yes"]
+    if dep.ram_bytes:
+        lines += memory_line(dep)
+        lines += [f"MemoryLow={dep.memory_request_mib}M", f"MemoryMax={dep.memory_limit_mib}M"]
+    lines += [
         "",
         "[Install]",
         "WantedBy=multi-user.target",

@@ -8,9 +8,10 @@ from pathlib import Path
 from dsv4serve.errors import ProfileError
 
 
-def checkpoint_dir(name: str) -> Path:
-    """Where the generated checkpoint `name` lives in the user cache (whether or not it exists yet)."""
-    return _generator(name).checkpoint_dir(name)
+def checkpoint_dir(name: str, root: Path | None = None) -> Path:
+    """Where the generated checkpoint `name` lives in the user cache (whether or not it exists yet), or
+    under `root` instead of $XDG_CACHE_HOME/dsv4serve/checkpoints (a container's cache: export)."""
+    return _generator(name).checkpoint_dir(name, root)
 
 
 def ensure_checkpoint(name: str) -> Path:
