@@ -212,3 +212,24 @@ MaxRestartsOpt = Annotated[
         "--max-restarts", min=0, max=100, help="--on-unhealthy restart: restarts in a row (default 3)."
     ),
 ]
+
+# route's and route eval's
+UrlOpt = Optional[str]  # noqa: UP045 - typer needs Optional here
+FlashModelOpt = Annotated[
+    UrlOpt,
+    typer.Option("--flash-model", metavar="NAME", help="Flash's model name (default: its /v1/models)."),
+]
+FlashKeyFileOpt = Annotated[
+    UrlOpt,
+    typer.Option(
+        "--flash-key-file",
+        metavar="FILE",
+        help="File holding Flash's API key (else $DSV4SERVE_FLASH_API_KEY).",
+    ),
+]
+ProKeyFileOpt = Annotated[
+    UrlOpt,
+    typer.Option(
+        "--pro-key-file", metavar="FILE", help="File holding Pro's API key (else $DSV4SERVE_PRO_API_KEY)."
+    ),
+]

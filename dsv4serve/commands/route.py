@@ -10,41 +10,24 @@ from typer.core import TyperCommand
 
 from dsv4serve.commands.options import (
     ApiKeyFileOpt,
+    FlashKeyFileOpt,
+    FlashModelOpt,
     HardwareOpt,
     HostOpt,
     JsonOpt,
     PortOpt,
     ProfileDirOpt,
+    ProKeyFileOpt,
+    UrlOpt,
     check_gpus,
 )
 from dsv4serve.planning.types import DEFAULT_HOST, DEFAULT_PORT
 
-UrlOpt = Optional[str]  # noqa: UP045 - typer needs Optional here
 RouterProfileArg = Annotated[
     str,
     typer.Argument(
         metavar="[ROUTER_PROFILE]",
         help="Router profile: a name (built-in: default) or a YAML path; not a model profile.",
-    ),
-]
-
-# route's and route eval's
-FlashModelOpt = Annotated[
-    UrlOpt,
-    typer.Option("--flash-model", metavar="NAME", help="Flash's model name (default: its /v1/models)."),
-]
-FlashKeyFileOpt = Annotated[
-    UrlOpt,
-    typer.Option(
-        "--flash-key-file",
-        metavar="FILE",
-        help="File holding Flash's API key (else $DSV4SERVE_FLASH_API_KEY).",
-    ),
-]
-ProKeyFileOpt = Annotated[
-    UrlOpt,
-    typer.Option(
-        "--pro-key-file", metavar="FILE", help="File holding Pro's API key (else $DSV4SERVE_PRO_API_KEY)."
     ),
 ]
 
@@ -54,7 +37,11 @@ class RouteCommand(TyperCommand):
 
     def make_context(self, info_name, args, parent=None, **extra):
         if args and args[0] == "eval":
-            return _eval_command().make_context(f"{info_name} eval", list(args[1:]), parent=parent, **extra)
+            from dsv4serve.commands.route_eval import eval_click_command
+
+            return eval_click_command().make_context(
+                f"{info_name} eval", list(args[1:]), parent=parent, **extra
+            )
         return super().make_context(info_name, args, parent=parent, **extra)
 
 
@@ -150,51 +137,34 @@ def register(app: typer.Typer) -> None:
         itself. `dsv4serve route eval DATASET.jsonl --flash URL` measures the routing on labelled
         prompts (see `dsv4serve route eval --help`)."""
         from dsv4serve.errors import UsageError
-        from dsv4serve.router.pair import Member, is_url
+        from dsv4serve.router import deployment
         from dsv4serve.router.profile import load_router_profile
         from dsv4serve.router.server import require_stack
-        from dsv4serve.router.upstreams import make_upstream
 
         require_stack()
-        if not flash:
-            raise UsageError("--flash is required: Flash classifies every request", _PAIR_HINT)
-        if explain is None and not pro:
-            raise UsageError("--pro is required to serve", _PAIR_HINT)
+        deployment.require_upstreams(flash, pro, serving=explain is None)
         profile = load_router_profile(router_profile)
-        api_key = None
-        if explain is None:
-            from dsv4serve.service import keys as client_keys
-
-            api_key = client_keys.read_api_key(api_key_file)
-            if not api_key and not client_keys.is_loopback(host) and not insecure_no_key:
-                raise UsageError(
-                    f"--host {host} without a client key: anyone who reaches the port would use Pro",
-                    f"set --api-key-file FILE or ${client_keys.ENV_NAME}, or pass --insecure-no-key",
-                )
-            warning = client_keys.exposure_warning(host, api_key)
-            if warning:  # --insecure-no-key
-                typer.echo(warning, err=True)
+        given = {"flash": flash, "pro": pro}
+        models = {"flash": flash_model, "pro": pro_model}
+        key_files = {"flash": flash_key_file, "pro": pro_key_file}
         if explain is not None:
-            if not is_url(flash) or (pro and not is_url(pro)):
-                raise UsageError("--explain asks running servers: give --flash (and --pro) as URLs")
-            up_flash = make_upstream("flash", flash, flash_model, flash_key_file)
-            up_pro = make_upstream("pro", pro, pro_model, pro_key_file) if pro else None
-            _explain(profile, up_flash, up_pro, explain, tools, as_json)
+            result = deployment.explain_running(profile, given, models, key_files, explain, tools)
+            _print_explanation(profile, result, as_json)
             return
+        from dsv4serve.service import keys as client_keys
+
+        api_key = client_keys.read_api_key(api_key_file)
+        if not api_key and not client_keys.is_loopback(host) and not insecure_no_key:
+            raise UsageError(
+                f"--host {host} without a client key: anyone who reaches the port would use Pro",
+                f"set --api-key-file FILE or ${client_keys.ENV_NAME}, or pass --insecure-no-key",
+            )
+        warning = client_keys.exposure_warning(host, api_key)
+        if warning:  # --insecure-no-key
+            typer.echo(warning, err=True)
         ports = {"flash": flash_port or port + 1, "pro": pro_port or port + 2}
         gpus = {"flash": flash_gpus, "pro": pro_gpus}
-        given = {"flash": flash, "pro": pro}
-        members = [Member(n, given[n], ports[n], gpus[n]) for n in ("flash", "pro") if not is_url(given[n])]
-        if (hardware or dry_run) and not members:
-            raise UsageError("--dry-run and --hardware plan servers the router starts: give a profile")
-        if hardware and not dry_run:
-            raise UsageError("--hardware only plans: add --dry-run", "GPUs that are declared cannot serve")
-        used = [port, *(m.port for m in members)]
-        if len(set(used)) < len(used):
-            raise UsageError(
-                f"the router and the servers it starts need ports of their own, not {used}",
-                "set --port, --flash-port and --pro-port apart",
-            )
+        members = deployment.members_to_start(given, ports, gpus, port, hardware, dry_run)
         sock = None
         if not dry_run:  # a busy router port fails here (exit 5), before any server starts
             from dsv4serve.router.server import bind
@@ -207,12 +177,7 @@ def register(app: typer.Typer) -> None:
             started = _start_members(members, profile_dir or (), hardware, dry_run, as_json)
             if started is None:  # --dry-run
                 return
-        keys = {"flash": flash_key_file, "pro": pro_key_file}
-        names = {"flash": flash_model, "pro": pro_model}
-        upstreams = {
-            n: make_upstream(n, given[n], names[n], keys[n]) if is_url(given[n]) else started.upstream(n)
-            for n in ("flash", "pro")
-        }
+        upstreams = deployment.upstreams(given, models, key_files, started)
         from dsv4serve.router.server import Setup
 
         setup = Setup(profile, upstreams["flash"], upstreams["pro"], api_key)
@@ -232,17 +197,10 @@ def register(app: typer.Typer) -> None:
         serve_with(started, serve)
 
 
-_PAIR_HINT = (
-    "start both with the router: dsv4serve route --flash flash --pro pro; "
-    "or point it at running servers: --flash http://127.0.0.1:8001 --pro http://127.0.0.1:8002"
-)
-
-
 def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, as_json: bool):
     """Plan the members (all before any starts), then start them (router/pair.py) and wait until both
     answer. None for --dry-run (the plans printed). A Ctrl-C before ready: exit 128+signal."""
     import sys
-    import threading
 
     from dsv4serve.preflight.render import render_plan
     from dsv4serve.router.pair import plan_members, start_members
@@ -256,12 +214,10 @@ def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, a
     planned = plan_members(members, profile_dirs, hardware, show if dry_run else None)
     if dry_run:
         return None
-    lock = threading.Lock()
 
-    def say(text: str) -> None:  # from both members' threads: one write per line, one at a time
-        with lock:
-            sys.stderr.write(text + "\n")
-            sys.stderr.flush()
+    def say(text: str) -> None:  # one write per line
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
 
     try:
         return start_members(planned, profile_dirs, say)
@@ -271,20 +227,11 @@ def _start_members(members, profile_dirs, hardware: str | None, dry_run: bool, a
         raise typer.Exit(130) from None
 
 
-def _explain(profile, flash, pro, prompt: str, tools: bool, as_json: bool) -> None:
+def _print_explanation(profile, result, as_json: bool) -> None:
     from dataclasses import asdict
 
     from dsv4serve.render import console, print_json
-    from dsv4serve.router.server import explain
 
-    result = explain(profile, flash, pro, prompt, tools)
-    if result.flash_model is None:  # the router would answer 502: say so rather than print a route
-        from dsv4serve.errors import LaunchError
-
-        raise LaunchError(
-            f"flash at {flash.base_url} does not answer /v1/models",
-            "start it first, or check --flash and its key",
-        )
     if as_json:
         print_json({"profile": profile.name, **asdict(result)})
         return
@@ -353,92 +300,3 @@ def _serve(setup, sock, url: str, key_files, workers: int, as_json: bool) -> Non
         print(text, file=sys.stderr, flush=True)
 
     serve(setup, sock, on_ready, workers, say)
-
-
-def _eval_command():
-    """`route eval` as a click command of its own (RouteCommand hands it the arguments after `eval`)."""
-    sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-    sub.command("eval")(eval_command)
-    return typer.main.get_command(sub)
-
-
-def eval_command(
-    dataset: Annotated[
-        str,
-        typer.Argument(
-            metavar="DATASET",
-            help="JSONL of {prompt or messages, level: simple|complex, kind?}; or `builtin`.",
-        ),
-    ],
-    flash: Annotated[
-        UrlOpt, typer.Option("--flash", metavar="URL", help="Flash's URL: it classifies.")
-    ] = None,
-    pro: Annotated[
-        UrlOpt,
-        typer.Option("--pro", metavar="URL", help="Pro's URL (its max_model_len; never sent prompts)."),
-    ] = None,
-    router_profile: Annotated[
-        str, typer.Option("--router-profile", help="Router profile: a name or a YAML path.")
-    ] = "default",
-    flash_model: FlashModelOpt = None,
-    flash_key_file: FlashKeyFileOpt = None,
-    pro_key_file: ProKeyFileOpt = None,
-    price: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option(
-            "--price",
-            metavar="MODEL=PRICE",
-            help="flash=IN/OUT per million tokens, or flash=GPUSgpu@TOKENS_PER_S; once per model "
-            "(default: relative, by active parameters).",
-        ),
-    ] = None,
-    completion_tokens: Annotated[
-        int, typer.Option("--completion-tokens", min=0, help="Output tokens a request, unless a line says.")
-    ] = 300,
-    target_pro_share: Annotated[
-        Optional[float],  # noqa: UP045
-        typer.Option(
-            "--target-pro-share",
-            metavar="SHARE",
-            min=0.0,
-            max=1.0,
-            help="Calibrate classifier.threshold for it.",
-        ),
-    ] = None,
-    concurrency: Annotated[
-        int,
-        typer.Option("--concurrency", min=1, max=256, help="Classifier calls at once (1: clean latency)."),
-    ] = 1,
-    limit: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--limit", min=1, help="Only the first N examples."),
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Run the router's decisions on labelled prompts: confusion, Pro share, cost vs always-Pro, latency,
-    baselines (always-Flash, always-Pro, a length rule, random), a calibrated threshold."""
-    from dsv4serve.errors import UsageError
-    from dsv4serve.render import print_json
-    from dsv4serve.router import eval_dataset, eval_prices, eval_render, eval_report, evaluate
-    from dsv4serve.router.profile import load_router_profile
-    from dsv4serve.router.server import require_stack
-    from dsv4serve.router.upstreams import make_upstream
-
-    require_stack()
-    if not flash:
-        raise UsageError(
-            "--flash is required: Flash classifies every prompt", "e.g. --flash http://127.0.0.1:8001"
-        )
-    profile = load_router_profile(router_profile)
-    prices = eval_prices.parse_prices(price)
-    name, examples = eval_dataset.load_dataset(dataset)
-    examples = examples[:limit] if limit else examples
-    up_flash = make_upstream("flash", flash, flash_model, flash_key_file)
-    up_pro = make_upstream("pro", pro, None, pro_key_file) if pro else None
-    outcomes = evaluate.evaluate(profile, up_flash, up_pro, examples, concurrency)
-    result = eval_report.report(examples, outcomes, prices, completion_tokens, target_pro_share)
-    if as_json:
-        print_json({"dataset": name, "profile": profile.name, **result})
-        return
-    for line in eval_render.render(name, profile.name, result):
-        print(line)

@@ -228,10 +228,12 @@ class Pair:
 
 def start_members(planned, profile_dirs: Sequence[str], say: Callable[[str], None]) -> Pair:
     """Check the members' ports, fetch their weights, start them (one by one on a shared GPU) and
-    wait until both answer; a failure or a stop signal (procs.Stopped) stops both first."""
+    wait until both answer; a failure or a stop signal (procs.Stopped) stops both first. say(line) is
+    called from both members' threads, one call at a time."""
     from dsv4serve.serving import procs
     from dsv4serve.serving.prepare import log_path, prepare_launch
 
+    say = _one_at_a_time(say)
     for m, _, _ in planned:  # before any weights are fetched or any server starts
         busy = procs.port_in_use("127.0.0.1", m.port)
         if busy:
@@ -248,6 +250,16 @@ def start_members(planned, profile_dirs: Sequence[str], say: Callable[[str], Non
     with procs.stop_on_signals():
         pair.start(one_by_one=share_a_gpu(planned))  # stops both itself on any failure
     return pair
+
+
+def _one_at_a_time(say: Callable[[str], None]) -> Callable[[str], None]:
+    lock = threading.Lock()
+
+    def locked(text: str) -> None:
+        with lock:
+            say(text)
+
+    return locked
 
 
 def member_notify(say: Callable[[str], None], progress_every_s: float = 10.0):
