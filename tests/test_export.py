@@ -288,13 +288,18 @@ def test_exported_up_command_is_accepted_by_up(run_cli, fixed_env, case):
         line = next(x for x in text.splitlines() if x.startswith("ExecStart="))
         argv = line.removeprefix("ExecStart=").split()
     assert argv[1] == "up"
-    args = argv[2:]
-    if "--gpus" in args:  # nothing can read GPUs here: plan the same GPUs as declared ones
+    assert dry_run_up(run_cli, argv[2:], "H200")["fits"] is True
+
+
+def dry_run_up(run_cli, args: list[str], gpu: str) -> dict:
+    """`up ARGS --dry-run --json` here: nothing can read GPUs, so --gpus N becomes --hardware NxGPU."""
+    args = list(args)
+    if "--gpus" in args:
         i = args.index("--gpus")
-        args[i : i + 2] = ["--hardware", f"{args[i + 1]}xH200"]
+        args[i : i + 2] = ["--hardware", f"{args[i + 1]}x{gpu}"]
     result = run_cli("up", *args, "--dry-run", "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
-    assert json.loads(result.stdout)["fits"] is True
+    return json.loads(result.stdout)
 
 
 @pytest.mark.parametrize(
