@@ -12,11 +12,11 @@ Each figure is defined as vLLM defines it:
 - tokens/s and requests/s: output tokens and completed requests over the level's wall time; p99: numpy's
   linear interpolation. Every request at once, at most `concurrency` in flight; each worker keeps its
   connection (keep-alive, as vLLM's aiohttp pool); no warm-up (vLLM's default `--num-warmups 0`).
-A request counts as an error when the server says so, the connection fails, no chunk has `choices`
-(as vLLM), or the stream ends without its `data: [DONE]` (stricter than vLLM: a cut stream is never
-counted as a short success).
-Prompts of --input-len: their length is fitted to the server's own count (usage `prompt_tokens` of two
-one-token requests), as vLLM's random dataset has exactly that many tokens of its tokenizer.
+A request counts as an error when its status is not 200, the connection fails, or no chunk has
+`choices` (as vLLM), and also (stricter than vLLM, which counts these as short successes) when an
+error object comes in the stream or the stream ends without its `data: [DONE]`.
+Prompts of --input-len: their length is fitted to the server's own count (usage `prompt_tokens` of up
+to four one-token requests), as vLLM's random dataset has that many tokens of the model's tokenizer.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dsv4serve.bench.figures import Level, mean, percentile
 from dsv4serve.serving import health as h
 
 FIT_INDEX = 99999  # the fitting requests' prompt number: no measured prompt shares their prefix
-_clock = time.perf_counter  # every time read here (vLLM's too); tests count reads instead
+_clock = time.perf_counter  # vLLM's clock; every time here is read through it (tests count reads)
 
 
 @dataclass(frozen=True)
