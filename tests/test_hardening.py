@@ -81,6 +81,13 @@ BAD_VALUES = [
     ("version-5000-digits", "serve: {min_vllm_version: '" + "1" * 5000 + ".0'}", "serve.min_vllm_version", 3),
     # after a `--` nothing is checked as a flag: `--port ²` there reached up's int() (an internal error)
     ("dashdash-in-extra-args", 'serve: {extra_args: ["--", "--port", "²"]}', "serve.extra_args[0]", 3),
+    # the planner registers a KV layer per draft layer: a billion of them was a MemoryError (exit 1)
+    (
+        "draft-layers-1e9",
+        "model: {draft: {method: dspark, layers: 1000000000}}\nserve: {speculative: dspark}",
+        "model.draft.layers",
+        3,
+    ),
 ]
 
 
@@ -293,6 +300,8 @@ def test_host_and_port_after_dashdash_reach_the_readiness_probe():
         (["--max-model-len"], "needs a value"),
         (["--", "--port", "\u00b2"], "write -- once"),  # hid the port from the planner: exit 1 once
         (["--enforce-eager", "--"], "write -- once"),
+        # JSON nested past Python's recursion limit: json.loads raised RecursionError (exit 1 once)
+        (["--speculative-config", "[" * 5000 + "]" * 5000], "expected a JSON object"),
     ],
 )
 def test_flags_the_planner_cannot_follow_are_refused(run_cli, extra, words):

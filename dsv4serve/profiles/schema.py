@@ -294,7 +294,7 @@ def check(profile: Profile, doc: LocatedMap) -> None:
     if model.kv_cache is not None:
         _check_kv_cache(need, model.kv_cache, model.layers)
     if model.draft is not None:
-        _check_draft(need, model.draft, model.weights_bytes)
+        _check_draft(need, model.draft, model.weights_bytes, model.layers)
     _check_serve_extras(need, serve)
     check_engine_fields(need, profile)  # serve.engine, model.gguf (profiles/engine_check.py)
     need(
@@ -339,7 +339,7 @@ def _check_kv_cache(need: Any, kv: KvCache, layers: int) -> None:
         need(getattr(kv, name) > 0, (*at, name), "must be positive", "copy it from config.json")
 
 
-def _check_draft(need: Any, draft: Draft, weights: int) -> None:
+def _check_draft(need: Any, draft: Draft, weights: int, layers: int) -> None:
     """The speculative-decoding draft: a method vLLM knows for V4, a layer or more, a share of the weights."""
     at = ("model", "draft")
     need(
@@ -349,6 +349,12 @@ def _check_draft(need: Any, draft: Draft, weights: int) -> None:
         f"use one of {', '.join(SPEC_METHODS)}",
     )
     need(draft.layers > 0, (*at, "layers"), "must be positive", "MTP has 1 draft layer, DSpark 3")
+    need(  # the planner registers one KV layer per draft layer: 10**9 of them filled the memory
+        draft.layers <= layers,
+        (*at, "layers"),
+        f"{draft.layers} draft layers exceed model.layers ({layers})",
+        "MTP has 1 draft layer, DSpark 3",
+    )
     need(
         draft.weights_bytes < weights or weights == 0,
         (*at, "weights_bytes"),

@@ -252,7 +252,7 @@ def speculative_config(raw: str, overrides) -> tuple[str, int | None]:
     use = "use dsv4serve's --spec mtp|dspark and --spec-tokens K"
     try:
         config = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: '[' nested thousands deep
         config = None
     if not isinstance(config, dict):
         raise UsageError(f"--speculative-config {oneline(raw, 60)}: expected a JSON object", use)
