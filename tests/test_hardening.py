@@ -560,3 +560,13 @@ def test_terminal_escapes_in_a_description_are_shown_not_obeyed(run_cli, tmp_pat
     path = child(tmp_path, 'description: "red \\e[31m bell \\a"')
     out = run_cli("profiles", "show", str(path)).stdout
     assert "\x1b" not in out and "\x07" not in out and "\\x1b[31m" in out
+
+
+@pytest.mark.parametrize("host", ["a\x00b", "9" * 5000, "a b"])
+def test_doctor_refuses_a_host_up_would_refuse(run_cli, host):
+    """bind() raised TypeError on a NUL or a name too long to encode: doctor ended in exit 1."""
+    result = run_cli("doctor", "--host", host, "--json")
+    assert result.exit_code in EXIT_CODES and "internal error" not in result.stdout + result.stderr
+    port = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "port")
+    assert port["status"] == "fail" and "--host" in port["detail"] and port["exit_code"] == 2, port
+    assert len(port["detail"]) < 200, port

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsv4serve.errors import EXIT_DOWNLOAD, EXIT_LAUNCH, EXIT_NO_FIT, EXIT_OK, DsvError
+from dsv4serve.errors import EXIT_DOWNLOAD, EXIT_LAUNCH, EXIT_NO_FIT, EXIT_OK, EXIT_USAGE, DsvError, UsageError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 DISK_SLACK = 1.05  # the hub's .incomplete files and metadata on top of the shards
@@ -214,8 +214,13 @@ def check_token(environ: Mapping[str, str] | None = None) -> Check:
 
 def check_port(host: str, port: int) -> Check:
     """The port `up` would bind is free now (the same bind test `up` makes before vLLM starts)."""
+    from dsv4serve.engines.vllm.flags import check_host
     from dsv4serve.serving.procs import port_in_use
 
+    try:  # as `up` refuses it: bind() raised TypeError on a NUL or a 5,000-digit name (exit 1)
+        check_host(host)
+    except UsageError as err:
+        return Check("port", FAIL, err.message, err.hint, EXIT_USAGE)
     busy = port_in_use(host, port)
     if busy:
         return Check(
