@@ -14,7 +14,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsv4serve.errors import EXIT_DOWNLOAD, EXIT_LAUNCH, EXIT_NO_FIT, EXIT_OK, EXIT_USAGE, DsvError, UsageError
+from dsv4serve.errors import (
+    EXIT_DOWNLOAD,
+    EXIT_LAUNCH,
+    EXIT_NO_FIT,
+    EXIT_OK,
+    EXIT_USAGE,
+    DsvError,
+    UsageError,
+)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 DISK_SLACK = 1.05  # the hub's .incomplete files and metadata on top of the shards
