@@ -25,15 +25,18 @@ def server(monkeypatch, tmp_path):
 
 def test_bench_measures_each_level_keeps_the_run_and_compares(run_cli, server, tmp_path):
     args = ("bench", server + "/v1", "--client", "own", "--concurrency", "1,4", "--num-prompts", "8")
-    first = run_cli(*args, "--output-len", "6", "--json", "--label", "first")
+    drawn = tmp_path / "first.png"
+    first = run_cli(*args, "--output-len", "6", "--json", "--label", "first", "--plot", str(drawn))
     assert first.exit_code == 0, first.stderr
     run = json.loads(first.stdout)
+    assert f"wrote {drawn}" in first.stderr and drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run["model"], run["client"], run["label"], run["engine"]) == ("tiny", "own", "first", "unknown")
     assert [lv["concurrency"] for lv in run["levels"]] == [1, 4]
     for lv in run["levels"]:
         assert lv["requests"] == 8 and lv["errors"] == 0 and lv["output_tokens"] == 8 * 6
         assert lv["tokens_per_s"] > 0 and lv["requests_per_s"] > 0
         assert 0 < lv["ttft_mean_ms"] <= lv["ttft_p99_ms"] and lv["tpot_mean_ms"] > 0
+        assert lv["tpot_p99_ms"] > 0
         assert lv["acceptance_rate"] is None  # this server drafts nothing
     dataset = tmp_path / "prompts.jsonl"
     dataset.write_text('{"prompt": "one"}\n{"prompt": "two"}\n')
@@ -63,6 +66,7 @@ def test_bench_measures_each_level_keeps_the_run_and_compares(run_cli, server, t
         (("--concurrency", "x"), "--concurrency 'x'"),
         (("--client", "mine"), "--client 'mine'"),
         (("--dataset", "/nonexistent.jsonl"), "--dataset /nonexistent.jsonl"),
+        (("--plot", "/nonexistent/bench.png"), "--plot /nonexistent/bench.png: no directory"),
     ],
 )
 def test_bad_bench_options_are_usage_errors(run_cli, server, args, named):
@@ -92,12 +96,13 @@ def test_a_vllm_bench_serve_result_reads_as_the_same_figures():
             "mean_ttft_ms": 41.2,
             "p99_ttft_ms": 90.0,
             "mean_tpot_ms": 8.1,
+            "p99_tpot_ms": 12.5,
             "spec_decode_acceptance_rate": 71.5,
         },
         8,
     )
     assert (level.requests, level.errors, level.tokens_per_s, level.ttft_p99_ms) == (32, 2, 426.7, 90.0)
-    assert level.acceptance_rate == 0.715
+    assert (level.acceptance_rate, level.tpot_p99_ms) == (0.715, 12.5)
     argv = vllm_client.argv("http://h:1", "tiny", "/ckpt", 8, 32, 128, 64, None, "/tmp/x")
     assert argv[argv.index("--max-concurrency") + 1] == "8" and "--ignore-eos" in argv
     assert not any("key" in a.lower() for a in argv)  # the API key goes in its environment

@@ -276,6 +276,7 @@ def figures(results: list[Request], concurrency: int, duration: float) -> Level:
         ttft_mean_ms=_round(mean(ttfts)),
         ttft_p99_ms=_round(percentile(ttfts, 99)),
         tpot_mean_ms=_round(mean(tpots)),
+        tpot_p99_ms=_round(percentile(tpots, 99)),
     )
 
 

@@ -11,6 +11,7 @@ FIGURES = (  # (key, label, better when higher)
     ("ttft_mean_ms", "TTFT ms", False),
     ("ttft_p99_ms", "TTFT p99 ms", False),
     ("tpot_mean_ms", "TPOT ms", False),
+    ("tpot_p99_ms", "TPOT p99 ms", False),
     ("errors", "errors", False),
     ("acceptance_rate", "spec accept", True),
 )
@@ -31,6 +32,7 @@ class Level:
     ttft_p99_ms: float | None
     tpot_mean_ms: float | None
     acceptance_rate: float | None = None  # speculative decoding: accepted / drafted tokens
+    tpot_p99_ms: float | None = None  # runs stored before it was kept read as None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,7 +11,7 @@ from dsv4serve.bench import client as own
 from dsv4serve.bench import store, vllm_client
 from dsv4serve.bench.figures import FIGURES, Level
 
-__all__ = ["FIGURES", "bench", "compare"]
+__all__ = ["FIGURES", "bench", "compare", "stored"]
 from dsv4serve.errors import UsageError, oneline
 from dsv4serve.serving import health as h
 
@@ -136,14 +136,20 @@ def bench(
     return store.get(run_id) or {}
 
 
-def compare(a: int, b: int) -> dict:
-    """Run B against run A, level by level: each figure's ratio B/A (None where either lacks it)."""
-    runs = {}
-    for run_id in (a, b):
+def stored(run_ids: Sequence[int]) -> list[dict]:
+    """The kept runs of these ids, in their order (once each); a usage error naming the first unknown."""
+    runs = []
+    for run_id in dict.fromkeys(run_ids):
         run = store.get(run_id)
         if run is None:
             raise UsageError(f"no benchmark run {run_id}", "see `dsv4serve bench list`")
-        runs[run_id] = run
+        runs.append(run)
+    return runs
+
+
+def compare(a: int, b: int) -> dict:
+    """Run B against run A, level by level: each figure's ratio B/A (None where either lacks it)."""
+    runs = {run["id"]: run for run in stored((a, b))}
     by_level_a = {lv["concurrency"]: lv for lv in runs[a]["levels"]}
     rows = []
     for lv in runs[b]["levels"]:

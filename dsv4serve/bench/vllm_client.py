@@ -135,5 +135,6 @@ def from_result(data: dict, concurrency: int) -> Level:
         ttft_mean_ms=ms("mean_ttft_ms"),
         ttft_p99_ms=ms("p99_ttft_ms"),
         tpot_mean_ms=ms("mean_tpot_ms"),
+        tpot_p99_ms=ms("p99_tpot_ms"),
         acceptance_rate=round(float(rate) / 100, 4) if rate is not None else None,
     )

@@ -25,6 +25,7 @@ def _levels_table(levels: list[dict]) -> list[str]:
         ("TTFT ms", 9),
         ("p99", 9),
         ("TPOT ms", 8),
+        ("p99", 8),
     )
     lines = [" ".join(f"{name:>{width}}" for name, width in head) + " ACCEPT"]
     for lv in levels:
@@ -32,7 +33,8 @@ def _levels_table(levels: list[dict]) -> list[str]:
             f"{lv['concurrency']:>5} {lv['requests']:>5} {lv['errors']:>4} {_cell(lv['tokens_per_s']):>9} "
             f"{_cell(lv['requests_per_s'], 2):>7} {_cell(lv['ttft_mean_ms']):>9} "
             f"{_cell(lv['ttft_p99_ms']):>9} "
-            f"{_cell(lv['tpot_mean_ms'], 2):>8} {_cell(lv['acceptance_rate'], 3)}"
+            f"{_cell(lv['tpot_mean_ms'], 2):>8} {_cell(lv.get('tpot_p99_ms'), 2):>8} "
+            f"{_cell(lv['acceptance_rate'], 3)}"
         )
     return lines
 
@@ -48,13 +50,25 @@ def _about(run: dict) -> str:
     return f"#{run['id']} {stamp} {run['target']} ({run['model']}, {engine}; {how})"
 
 
+def _note(text: str) -> None:
+    """Progress on stderr, so stdout holds only the figures (or their JSON)."""
+    import sys
+
+    sys.stderr.write(f"dsv4serve: {text}\n")
+    sys.stderr.flush()
+
+
 def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench_command(
         target: Annotated[
-            str, typer.Argument(help="A detached server's NAME or a URL; or `list`, or `compare`.")
+            str,
+            typer.Argument(help="A detached server's NAME or a URL; or `list`, `compare` or `plot`."),
         ],
-        runs: Annotated[Optional[list[int]], typer.Argument(help="compare: the two run ids.")] = None,  # noqa: UP045
+        runs: Annotated[
+            Optional[list[int]],  # noqa: UP045
+            typer.Argument(help="compare: the two run ids; plot: the runs to draw."),
+        ] = None,
         concurrency: Annotated[
             str, typer.Option("--concurrency", help="Requests in flight, per level.")
         ] = "1,8,64",
@@ -85,19 +99,44 @@ def register(app: typer.Typer) -> None:
             typer.Option("--model", help="The served model (default: the server's)."),
         ] = None,
         label: Annotated[str, typer.Option("--label", help="A note kept with the run.")] = "",
+        plot_file: Annotated[
+            Optional[str],  # noqa: UP045
+            typer.Option(
+                "--plot", "-o", help="Write a PNG of the runs: throughput and latency against concurrency."
+            ),
+        ] = None,
         api_key_file: ApiKeyFileOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Measure a running server (TTFT, TPOT, tokens/s, requests/s, errors, speculative acceptance) at each
-        concurrency and keep the run; `bench list` shows the runs, `bench compare A B` the ratios B/A."""
-        import sys
-
+        concurrency and keep the run; `bench list` shows the runs, `bench compare A B` the ratios B/A,
+        `bench plot RUN... -o FILE.png` draws runs over each other."""
         from dsv4serve.bench import run as bench_run
         from dsv4serve.bench import store
         from dsv4serve.errors import UsageError
         from dsv4serve.render import console, print_json
 
         out = console()
+        if plot_file is not None:
+            from dsv4serve.bench import plot
+
+            if target == "list":
+                raise UsageError("bench list draws no plot", "`dsv4serve bench plot RUN... -o FILE.png`")
+            plot.check_file(plot_file)  # before minutes of measuring
+        if target == "plot":
+            if not runs or plot_file is None:
+                raise UsageError(
+                    "bench plot needs run ids and -o FILE.png",
+                    "see `dsv4serve bench list`: bench plot 3 5 -o bench.png",
+                )
+            drawn = bench_run.stored(runs)
+            written = plot.write(drawn, plot_file)
+            if as_json:
+                print_json({"plot": str(written), "runs": [run["id"] for run in drawn]})
+                return
+            ids = ", ".join(f"#{run['id']}" for run in drawn)
+            out.print(f"wrote {written} ({ids})", markup=False, crop=False, overflow="ignore")
+            return
         if target == "list":
             found = store.runs()
             if as_json:
@@ -116,6 +155,8 @@ def register(app: typer.Typer) -> None:
                     "bench compare needs two run ids", "see `dsv4serve bench list`: bench compare 3 5"
                 )
             result = bench_run.compare(runs[0], runs[1])
+            if plot_file is not None:
+                _note(f"wrote {plot.write([result['a'], result['b']], plot_file)}")
             if as_json:
                 print_json(result)
                 return
@@ -140,10 +181,6 @@ def register(app: typer.Typer) -> None:
         api_key = keys.read_api_key(api_key_file)
         found = resolve(target, "127.0.0.1", 8000, model, api_key)
 
-        def say(text: str) -> None:
-            sys.stderr.write(f"dsv4serve: {text}\n")
-            sys.stderr.flush()
-
         run = bench_run.bench(
             found,
             concurrency=levels,
@@ -154,8 +191,10 @@ def register(app: typer.Typer) -> None:
             client=client,
             label=label,
             api_key=api_key,
-            say=say,
+            say=_note,
         )
+        if plot_file is not None:
+            _note(f"wrote {plot.write([run], plot_file)}")
         if as_json:
             print_json(run)
             return
