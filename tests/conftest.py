@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from dsv4serve.engines.vllm.jit_cache import CACHE_VARS, WARMUP_VAR
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -27,6 +29,10 @@ def isolated_home(tmp_path_factory, monkeypatch):
         "HF_ENDPOINT",
         "HF_HUB_OFFLINE",
         "CUDA_VISIBLE_DEVICES",
+        # the JIT cache variables: a user's value wins in plans and exports, and importing vLLM (torch's
+        # inductor) in a test sets TORCHINDUCTOR_CACHE_DIR in os.environ for every test after it
+        *(var for var, _ in CACHE_VARS),
+        WARMUP_VAR,
     ):
         monkeypatch.delenv(var, raising=False)
     # ./profiles of the current directory is on the search path: run tests from an empty directory.
