@@ -1,11 +1,10 @@
 """The planner's entry point (pure: no I/O, no environment, no clock): make_plan picks the TP size,
 the max length and the memory budget per GPU, over the pieces next door (types, memory, strategy,
-spec, node_args, and cpu for the CPU path)."""
+spec, node_args, fit for how a layout fits the GPUs, and cpu for the CPU path)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 
 from dsv4serve.engines.vllm.argv import command, vllm_args
 from dsv4serve.engines.vllm.flags import read_tokens
@@ -13,18 +12,14 @@ from dsv4serve.engines.vllm.jit_cache import startup_env
 from dsv4serve.engines.vllm.releases import DEFAULT as DEFAULT_RELEASE
 from dsv4serve.engines.vllm.releases import Release, describe, release_for
 from dsv4serve.errors import HardwareError, UsageError, oneline
-from dsv4serve.hardware.inventory import GPU_CATALOG, Gpu, MiB, capability_key, gib, gpu_to_dict
+from dsv4serve.hardware.inventory import Gpu, capability_key, gib, gpu_to_dict
 from dsv4serve.planning.cpu import plan_cpu
+from dsv4serve.planning.fit import Fit, fit_memory, staged_context, what_would_fit
 from dsv4serve.planning.memory import (
-    MIN_CONTEXT,
     KvContext,
-    Overhead,
     kv_block_size,
-    kv_capacity,
-    kv_fit_len,
     kv_need_bytes,
     kv_summary,
-    outside_budget_bytes,
     overhead_for,
 )
 from dsv4serve.planning.node_args import cpu_nodes, layout_args, with_nodes
@@ -36,12 +31,10 @@ from dsv4serve.planning.strategy import (
     reason,
     weights_per_gpu,
 )
-from dsv4serve.planning.strategy import divisors as _divisors
 from dsv4serve.planning.types import MemoryRow, Overrides, Plan, SpecSummary
 from dsv4serve.profiles.types import Profile
 
 __all__ = [
-    "MAX_SUGGESTED_GPUS",
     "MemoryRow",
     "Overrides",
     "Plan",
@@ -49,8 +42,6 @@ __all__ = [
     "make_plan",
     "plan_to_dict",
 ]
-
-MAX_SUGGESTED_GPUS = 64
 
 # Eager against CUDA graphs for DeepSeek-V4, measured at Flash's true layer shape cut to 4 layers on one
 # H200, vLLM 0.26, TP 1 (docs/validation.md, issue 20; capture sizes 1-64). Eager stays the default.
@@ -76,10 +67,6 @@ def plan_to_dict(plan: Plan) -> dict:
     for key in ("args", "problems", "notes", "suggestions"):
         data[key] = list(data[key])
     return data
-
-
-def _round_up(value: int, block: int) -> int:
-    return -(-value // block) * block
 
 
 def _requested_len(profile: Profile, overrides: Overrides) -> int:
@@ -153,18 +140,6 @@ def modeled_release(overrides: Overrides) -> tuple[Release, str]:
     return release_for(version, overrides.vllm_version_source)
 
 
-@dataclass(frozen=True)
-class _Fit:
-    layout: Layout
-    gpus: tuple[Gpu, ...]
-    utilization: float
-    max_len: int
-    rows: tuple[MemoryRow, ...]
-    problems: tuple[str, ...]
-    overhead: Overhead
-    notes: tuple[str, ...] = field(default=())
-
-
 def _plan_cuda(
     profile: Profile, model: str, requested: int, overrides: Overrides, gpus, nodes: int, release: Release
 ) -> Plan:
@@ -183,7 +158,7 @@ def _plan_cuda(
         draft_layers=spec.draft_layers,
     )
     choice = choose_layouts(profile, gpus, nodes, overrides.strategy, overrides.tensor_parallel_size)
-    best: _Fit | None = None
+    best: Fit | None = None
     rejected: list[tuple[Layout, str]] = []  # layouts tried before the chosen one, and why not them
     for layout in choice.layouts:
         chosen = tuple(
@@ -192,8 +167,8 @@ def _plan_cuda(
                 key=lambda g: g.index,
             )
         )
-        overhead = overhead_for(profile, graphs, _staged(batched, layout), layout.world, release)
-        fit = _fit_memory(profile, chosen, layout, requested, overhead, batched)
+        overhead = overhead_for(profile, graphs, staged_context(batched, layout), layout.world, release)
+        fit = fit_memory(profile, chosen, layout, requested, overhead, batched)
         if not fit.problems and fit.max_len == requested:
             best = fit
             break
@@ -227,7 +202,7 @@ def _plan_cuda(
             + (" (vLLM's start-up check)" if profile.model.kv_cache else "")
         )
     notes.append(f"overhead column = {best.overhead.describe()}")
-    suggestions = () if not problems else _what_would_fit(profile, requested, graphs, release, batched)
+    suggestions = () if not problems else what_would_fit(profile, requested, graphs, release, batched)
     hint = ""
     if capability and profile.model.fallback:
         fallback = profile.model.fallback
@@ -281,7 +256,7 @@ def _plan_cuda(
             kv_profile(profile, best.layout, best.max_len, batched),
             best.max_len,
             best.layout.tp,
-            _staged(batched, best.layout),
+            staged_context(batched, best.layout),
         ),
         vllm_release=release.version,
         spec=_spec_summary(spec, checkpoint, profile, best, batched),
@@ -312,13 +287,13 @@ def _thinking_notes(profile: Profile, release: Release, max_len: int) -> list[st
 
 
 def _spec_summary(
-    spec: SpecChoice, checkpoint: Profile, served: Profile, best: _Fit, ctx: KvContext
+    spec: SpecChoice, checkpoint: Profile, served: Profile, best: Fit, ctx: KvContext
 ) -> SpecSummary:
     """The draft's memory per GPU: its weights (when known) and what its KV layers add to the need."""
     if not spec.on:
         return SpecSummary("off")
     layout, length = best.layout, best.max_len
-    staged = _staged(ctx, layout)
+    staged = staged_context(ctx, layout)
     stage = kv_profile(served, layout, length, staged)
     kv = kv_need_bytes(stage, length, layout.tp, staged) - kv_need_bytes(
         stage, length, layout.tp, replace(staged, draft_layers=0)
@@ -366,105 +341,6 @@ def _batched_tokens(profile: Profile, overrides: Overrides) -> int | None:
     return value
 
 
-def _utilization(profile: Profile, gpus: tuple[Gpu, ...], tp: int) -> tuple[float, list[str], list[str]]:
-    """vLLM refuses to start when free memory < utilization x total: lower it to what is free, and say so.
-
-    The server also needs outside_budget_bytes(tp) beyond its budget, so that much must be free too."""
-    wanted = profile.serve.gpu_memory_utilization
-    extra = outside_budget_bytes(tp, profile.model.kv_cache is not None)
-    short = [g for g in gpus if g.memory_free < math.ceil(wanted * g.memory_usable) + extra]
-    if not short:
-        return wanted, [], []
-    lowered = math.floor(min((g.memory_free - extra) / g.memory_usable for g in gpus) * 100) / 100
-    held = "; ".join(_short_reason(g, wanted, extra) for g in short)
-    if lowered <= 0:
-        return wanted, [], [f"no free memory: {held}"]
-    note = (
-        f"{held}: gpu_memory_utilization lowered from {wanted:g} to {lowered:g}, as vLLM refuses to start "
-        "when free memory is below utilization x total"
-    )
-    return lowered, [note], []
-
-
-def _short_reason(g: Gpu, wanted: float, extra: int) -> str:
-    """Why a GPU cannot give vLLM its budget: memory in use, or (idle) too little room beside it."""
-    used = g.memory_usable - g.memory_free
-    if used < MiB and not g.processes:
-        beside = g.memory_usable - math.ceil(wanted * g.memory_usable)
-        return (
-            f"GPU {g.index} is idle, but the {gib(beside)} beside a {wanted:g} budget is less than the "
-            f"{gib(extra)} vLLM needs there (CUDA context; NCCL at TP > 1; DeepSeek-V4's kernels)"
-        )
-    by = ", ".join(f"pid {p.pid} {p.name}".strip() for p in g.processes)
-    return f"GPU {g.index} has {gib(used)} in use" + (f" by {by}" if by else "")
-
-
-def _staged(ctx: KvContext, layout: Layout) -> KvContext:
-    """The context of a layout: its pipeline stages change the batches in flight."""
-    return replace(ctx, pipeline_parallel_size=layout.pp)
-
-
-def _fit_memory(
-    model: Profile, gpus: tuple[Gpu, ...], layout: Layout, requested: int, cost: Overhead, ctx: KvContext
-) -> _Fit:
-    """The longest max_model_len (up to `requested`) whose KV start-up need fits next to the weights.
-    The weights per GPU follow the layout's strategy, the KV cache its (largest) pipeline stage."""
-    tp, world = layout.tp, layout.world
-    overhead = cost.total
-    util, notes, problems = _utilization(model, gpus, world)
-    batched = _staged(ctx, layout)
-    profile = kv_profile(model, layout, requested, batched)
-    block = kv_block_size(profile)
-    weights = weights_per_gpu(model, layout)
-    budgets = {g.index: math.ceil(util * g.memory_usable) for g in gpus}
-    room = min(budgets.values()) - weights - overhead
-    fit_len = kv_fit_len(profile, room, requested, tp, batched)
-    minimum = min(requested, _round_up(MIN_CONTEXT, block))
-    max_len = requested
-    if fit_len < requested:
-        if fit_len >= minimum:
-            max_len = fit_len
-        elif room <= 0:
-            problems.append(
-                f"the weights alone need {gib(weights)} per GPU at {layout.label}, plus {gib(overhead)} "
-                "overhead, "
-                f"over the {gib(min(budgets.values()))} budget ({util:g} x {gib(gpus[0].memory_usable)})"
-            )
-        else:
-            need = kv_need_bytes(profile, minimum, tp, batched)
-            problems.append(
-                f"the KV cache for {minimum} tokens needs {gib(need)} per GPU; {gib(room)} is left after "
-                f"weights and overhead"
-                + (
-                    f" (a context of {fit_len} tokens would fit: --max-model-len {fit_len})"
-                    if fit_len
-                    else ""
-                )
-            )
-    kv = kv_need_bytes(profile, max_len, tp, batched)
-    pools = {g.index: budgets[g.index] - weights - overhead for g in gpus}
-    capacity = {i: kv_capacity(profile, pool, max_len, tp, batched) for i, pool in pools.items()}
-    rows = tuple(
-        MemoryRow(
-            str(g.index),
-            g.name,
-            weights,
-            kv,
-            overhead,
-            weights + kv + overhead,
-            budgets[g.index],
-            g.memory_free,
-            expected_used=budgets[g.index] + outside_budget_bytes(world, model.model.kv_cache is not None),
-            kv_capacity_tokens=capacity[g.index][0],
-            kv_capacity_seqs=capacity[g.index][1],
-            vllm_kv_tokens=capacity[g.index][2],
-            vllm_max_concurrency=capacity[g.index][3],
-        )
-        for g in gpus
-    )
-    return _Fit(layout, gpus, util, max_len, rows, tuple(problems), cost, tuple(notes))
-
-
 def _capability_problems(profile: Profile, gpus: tuple[Gpu, ...]) -> list[str]:
     need, fallback = profile.model.min_compute_capability, profile.model.fallback
     instead = f": use the profile {fallback} there" if fallback else ""
@@ -473,30 +349,6 @@ def _capability_problems(profile: Profile, gpus: tuple[Gpu, ...]) -> list[str]:
         for name, cc in dict.fromkeys((g.name, g.compute_capability) for g in gpus)
         if capability_key(cc) < capability_key(need)
     ]
-
-
-def _what_would_fit(
-    profile: Profile, requested: int, graphs: bool, release: Release, ctx: KvContext
-) -> tuple[str, ...]:
-    """Catalog GPUs (of a new enough compute capability) and the fewest of each that hold this model."""
-    found = []
-    util = profile.serve.gpu_memory_utilization
-    tokens = min(requested, _round_up(MIN_CONTEXT, kv_block_size(profile)))
-    for gpu in GPU_CATALOG:
-        if capability_key(gpu.compute_capability) < capability_key(profile.model.min_compute_capability):
-            continue
-        for tp in reversed(_divisors(profile.model.attention_heads, MAX_SUGGESTED_GPUS)):
-            usable = gpu.memory_total - gpu.memory_reserved
-            on_it = replace(ctx, gpu_memory=usable, gpu_name=gpu.name)  # vLLM's default step there
-            weights = math.ceil(profile.model.weights_bytes / tp)
-            overhead = overhead_for(profile, graphs, on_it, tp, release).total
-            need = weights + kv_need_bytes(profile, tokens, tp, on_it) + overhead
-            if need <= math.ceil(util * usable):
-                # more GPUs than one node holds: that many nodes (no plan puts 16 GPUs in one node)
-                shape = f"{tp}x" if tp <= gpu.per_node else f"{tp // gpu.per_node}x{gpu.per_node}x"
-                found.append((tp, gpu.memory_total, f"{shape}{gpu.name}"))
-                break
-    return tuple(label for _, _, label in sorted(found))
 
 
 def _or_list(items) -> str:
