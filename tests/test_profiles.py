@@ -15,8 +15,8 @@ import yaml
 from dsv4serve.errors import ProfileError
 from dsv4serve.profiles import load as profiles
 from dsv4serve.profiles.document import read_document
+from dsv4serve.profiles.fields import build
 from dsv4serve.profiles.load import load_profile, profile_to_dict, search_path
-from dsv4serve.profiles.schema import build
 
 # A complete profile that needs no parent; bad cases below start from it or from `extends: flash`.
 STANDALONE = """\

@@ -23,7 +23,8 @@ from typing import Any
 
 from dsv4serve.errors import DsvError, ProfileError, oneline
 from dsv4serve.profiles.document import Loc, LocatedMap, fail, kind, read_document
-from dsv4serve.profiles.schema import LOADER_FIELDS, build, check
+from dsv4serve.profiles.fields import build
+from dsv4serve.profiles.schema import LOADER_FIELDS, check
 from dsv4serve.profiles.types import Profile
 
 SYSTEM_PROFILE_DIR = Path("/etc/dsv4serve/profiles")

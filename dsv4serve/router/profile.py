@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dsv4serve.errors import ProfileError
 from dsv4serve.profiles.document import LocatedMap, fail, read_document
-from dsv4serve.profiles.schema import build, not_a, where  # the model profiles' own helpers
+from dsv4serve.profiles.fields import build, not_a, where  # the model profiles' own helpers
 
 ROUTES = ("flash", "pro")
 LEVELS = ("simple", "complex")  # the classifier's answers; complex goes to Pro
